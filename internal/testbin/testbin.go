@@ -1,0 +1,44 @@
+// Package testbin builds the corral binary for tests that need a real one:
+// drivers run it as `corral init` inside sandboxes, and the server tests run
+// `corral serve`. It is built once per test process, static (CGO_ENABLED=0)
+// whatever the test binary itself was built with, so it runs in any image.
+package testbin
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+var (
+	once sync.Once
+	path string
+	err  error
+	out  []byte
+)
+
+// Corral returns the path of a freshly built static corral binary.
+func Corral(t testing.TB) string {
+	t.Helper()
+	once.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		dir, derr := os.MkdirTemp("", "corral-testbin-")
+		if derr != nil {
+			err = derr
+			return
+		}
+		path = filepath.Join(dir, "corral")
+		cmd := exec.Command("go", "build", "-o", path, "./cmd/corral")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err = cmd.CombinedOutput()
+	})
+	if err != nil {
+		t.Fatalf("build corral: %v\n%s", err, out)
+	}
+	return path
+}

@@ -1,0 +1,81 @@
+package runtime
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Config is what every driver is opened with.
+type Config struct {
+	// DataDir is a directory the driver may keep state in (the process
+	// driver keeps workspaces' files there). Created by the caller.
+	DataDir string
+	// ServerID identifies this Corral server. Drivers label everything they
+	// create with it and List only what carries it, so that two servers on
+	// one engine never reap each other's workspaces.
+	ServerID string
+	// InitPath is the host path of a static corral binary that drivers run
+	// as PID 1 (`corral init`) inside sandboxes. Defaults to the running
+	// executable.
+	InitPath string
+	// Options are driver-specific settings from flags and environment, e.g.
+	// "host" (engine socket) and "image" (default image).
+	Options map[string]string
+	Logger  hclog.Logger
+}
+
+// Factory opens a driver. It probes the host and fails with a clear error if
+// the engine is unreachable.
+type Factory func(Config) (Runtime, error)
+
+var (
+	mu      sync.RWMutex
+	drivers = map[string]Factory{}
+)
+
+// Register makes a driver available under name. It panics if name is empty,
+// f is nil, or name is already registered: drivers call it from init.
+func Register(name string, f Factory) {
+	mu.Lock()
+	defer mu.Unlock()
+	if name == "" || f == nil {
+		panic("runtime: Register with empty name or nil factory")
+	}
+	if _, dup := drivers[name]; dup {
+		panic("runtime: Register called twice for driver " + name)
+	}
+	drivers[name] = f
+}
+
+// Drivers returns the registered driver names, sorted.
+func Drivers() []string {
+	mu.RLock()
+	defer mu.RUnlock()
+	names := make([]string, 0, len(drivers))
+	for n := range drivers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Open opens the driver registered as name.
+func Open(name string, cfg Config) (Runtime, error) {
+	mu.RLock()
+	f, ok := drivers[name]
+	mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("unknown runtime %q (valid: %s; forgotten import?)", name, strings.Join(Drivers(), ", "))
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Options == nil {
+		cfg.Options = map[string]string{}
+	}
+	return f(cfg)
+}
