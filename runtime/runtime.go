@@ -188,3 +188,22 @@ type Capabilities struct {
 	// e.g. "container (rootless)" or "namespaces: mount, pid, net".
 	Isolation string `json:"isolation"`
 }
+
+// ImagePuller is implemented by drivers that run images. The server calls
+// Pull before Create so it can report progress to the client; Create still
+// pulls a missing image by itself when called without it.
+type ImagePuller interface {
+	// Pull makes image present on the host, pulling it if it is missing,
+	// and calls progress (if not nil) with each status update. An image
+	// that does not exist fails with errdefs.ErrInvalidArgument coded
+	// "image_not_found". Idempotent: a present image is not pulled again.
+	Pull(ctx context.Context, image string, progress func(PullProgress)) error
+}
+
+// PullProgress is one status update of an image pull.
+type PullProgress struct {
+	Status  string `json:"status"`            // e.g. "Downloading", "Pull complete"
+	Layer   string `json:"layer,omitempty"`   // layer ID, if the update is about one
+	Current int64  `json:"current,omitempty"` // bytes done
+	Total   int64  `json:"total,omitempty"`   // bytes in all, if known
+}

@@ -31,6 +31,10 @@ func Corral(t testing.TB) string {
 			err = derr
 			return
 		}
+		// Rootless engines read the binary as another user.
+		if err = os.Chmod(dir, 0o755); err != nil {
+			return
+		}
 		path = filepath.Join(dir, "corral")
 		cmd := exec.Command("go", "build", "-o", path, "./cmd/corral")
 		cmd.Dir = root
