@@ -207,3 +207,14 @@ type PullProgress struct {
 	Current int64  `json:"current,omitempty"` // bytes done
 	Total   int64  `json:"total,omitempty"`   // bytes in all, if known
 }
+
+// PathRemover is implemented by drivers that can delete a path inside a
+// workspace directly and safely (symlinks resolved inside the workspace).
+// Without it the server deletes paths by running rm in the sandbox.
+type PathRemover interface {
+	// RemovePath deletes the file or directory tree at path, relative to
+	// the workspace root; the root itself cannot be removed
+	// (errdefs.ErrInvalidArgument). A symlink is removed, not followed.
+	// Idempotent: a missing path succeeds. "path_escape" as for CopyIn.
+	RemovePath(ctx context.Context, id, path string) error
+}
