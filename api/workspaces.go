@@ -1,0 +1,74 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/corralhq/corral/workspace"
+)
+
+func (s *Server) createWorkspace(w http.ResponseWriter, r *http.Request) {
+	var spec workspace.Spec
+	if !s.readJSON(w, r, &spec) {
+		return
+	}
+	ws, err := s.workspaces.Create(r.Context(), userFrom(r.Context()), spec, nil)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/workspaces/"+ws.ID)
+	writeJSON(w, http.StatusCreated, ws)
+}
+
+// WorkspaceList is a page of workspaces.
+type WorkspaceList struct {
+	Workspaces []workspace.Workspace `json:"workspaces"`
+	// NextAfter is the cursor of the next page (?after=), "" at the end.
+	NextAfter string `json:"next_after"`
+}
+
+func (s *Server) listWorkspaces(w http.ResponseWriter, r *http.Request) {
+	after, limit, err := pageParams(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	list, next, err := s.workspaces.List(r.Context(), userFrom(r.Context()).ID, after, limit)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, WorkspaceList{Workspaces: list, NextAfter: next})
+}
+
+func (s *Server) getWorkspace(w http.ResponseWriter, r *http.Request) {
+	ws, err := s.workspaces.Get(r.Context(), userFrom(r.Context()).ID, chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ws)
+}
+
+func (s *Server) deleteWorkspace(w http.ResponseWriter, r *http.Request) {
+	if err := s.workspaces.Delete(r.Context(), userFrom(r.Context()).ID, chi.URLParam(r, "id")); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
+	var req workspace.ExecuteRequest
+	if !s.readJSON(w, r, &req) {
+		return
+	}
+	res, err := s.workspaces.Execute(r.Context(), userFrom(r.Context()), chi.URLParam(r, "id"), req)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}

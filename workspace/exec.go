@@ -1,0 +1,166 @@
+package workspace
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/policy"
+	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/store"
+)
+
+// Command is a command as clients give it: a shell string run with
+// /bin/sh -c, or an argv.
+type Command struct {
+	Command string            `json:"command,omitempty"`
+	Argv    []string          `json:"argv,omitempty"`
+	Cwd     string            `json:"cwd,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
+	Timeout policy.Duration   `json:"timeout,omitempty"`
+}
+
+// ExecSpec validates c and turns it into a runtime.ExecSpec (without I/O).
+func (c Command) ExecSpec() (runtime.ExecSpec, error) {
+	var argv []string
+	switch {
+	case c.Command != "" && len(c.Argv) > 0:
+		return runtime.ExecSpec{}, errdefs.Invalid("invalid_command", "give either command or argv, not both")
+	case c.Command != "":
+		argv = []string{"/bin/sh", "-c", c.Command}
+	case len(c.Argv) > 0 && c.Argv[0] != "":
+		argv = c.Argv
+	default:
+		return runtime.ExecSpec{}, errdefs.Invalid("invalid_command", "command or argv is required")
+	}
+	for _, a := range argv {
+		if strings.ContainsRune(a, 0) {
+			return runtime.ExecSpec{}, errdefs.Invalid("invalid_command", "arguments must not contain NUL bytes")
+		}
+	}
+	if err := validateEnv(c.Env); err != nil {
+		return runtime.ExecSpec{}, err
+	}
+	cwd, err := runtime.CleanPath(c.Cwd)
+	if err != nil {
+		return runtime.ExecSpec{}, err
+	}
+	return runtime.ExecSpec{Argv: argv, Cwd: cwd, Env: c.Env, Timeout: time.Duration(c.Timeout)}, nil
+}
+
+// Exec starts a command in a user's workspace, starting the workspace if it
+// was stopped. The workspace's default timeout applies when spec sets none;
+// no command may run longer than the server's maximum. The workspace counts
+// as in use until the command's Process.Wait returns.
+func (m *Manager) Exec(ctx context.Context, userID, id string, spec runtime.ExecSpec) (runtime.Process, error) {
+	_, st, err := m.ensureRunning(ctx, userID, id)
+	if err != nil {
+		return nil, err
+	}
+	max := time.Duration(m.policy.Max.Timeout)
+	if spec.Timeout == 0 {
+		spec.Timeout = time.Duration(st.Policy.Limits.Timeout)
+	}
+	if max > 0 && spec.Timeout > max {
+		return nil, errdefs.Invalid("limit_exceeds_max", "timeout %s exceeds this server's maximum of %s", spec.Timeout, max)
+	}
+	m.begin(id)
+	p, err := m.rt.Exec(ctx, id, spec)
+	if err != nil {
+		m.end(id)
+		return nil, fmt.Errorf("exec in %s: %w", id, err)
+	}
+	return &trackedProcess{Process: p, done: func() { m.end(id) }}, nil
+}
+
+// begin and end count running commands, so that an idle workspace is never
+// stopped under one, and record the last use.
+func (m *Manager) begin(id string) {
+	m.mu.Lock()
+	m.busy[id]++
+	m.used[id] = time.Now()
+	m.mu.Unlock()
+}
+
+func (m *Manager) end(id string) {
+	m.mu.Lock()
+	if m.busy[id]--; m.busy[id] <= 0 {
+		delete(m.busy, id)
+	}
+	m.used[id] = time.Now()
+	m.mu.Unlock()
+}
+
+type trackedProcess struct {
+	runtime.Process
+	once sync.Once // Wait may be called more than once; count the end once
+	done func()
+}
+
+func (p *trackedProcess) Wait() (runtime.ExitResult, error) {
+	res, err := p.Process.Wait()
+	p.once.Do(p.done)
+	return res, err
+}
+
+// ExecuteRequest is the body of POST /workspaces/{id}/execute.
+type ExecuteRequest struct {
+	Command
+	Stdin string `json:"stdin,omitempty"`
+}
+
+// ExecuteResult is its answer.
+type ExecuteResult struct {
+	ExitCode   int    `json:"exit_code"`
+	Stdout     string `json:"stdout"`
+	Stderr     string `json:"stderr"`
+	Truncated  bool   `json:"truncated"`
+	TimedOut   bool   `json:"timed_out"`
+	OOMKilled  bool   `json:"oom_killed"`
+	Signal     string `json:"signal"`
+	DurationMS int64  `json:"duration_ms"`
+}
+
+// Execute runs a one-shot command and returns its exit result and output,
+// each stream capped at the workspace's output limit.
+func (m *Manager) Execute(ctx context.Context, user store.User, id string, req ExecuteRequest) (ExecuteResult, error) {
+	spec, err := req.ExecSpec()
+	if err != nil {
+		return ExecuteResult{}, err
+	}
+	_, st, err := m.ensureRunning(ctx, user.ID, id)
+	if err != nil {
+		return ExecuteResult{}, err
+	}
+	limit := int(st.Policy.Limits.Output)
+	stdout, stderr := runtime.NewOutput(limit), runtime.NewOutput(limit)
+	spec.Stdout, spec.Stderr = stdout, stderr
+	if req.Stdin != "" {
+		spec.Stdin = strings.NewReader(req.Stdin)
+	}
+	start := time.Now()
+	p, err := m.Exec(ctx, user.ID, id, spec)
+	if err != nil {
+		return ExecuteResult{}, err
+	}
+	res, err := p.Wait()
+	if err != nil {
+		return ExecuteResult{}, fmt.Errorf("wait for command in %s: %w", id, err)
+	}
+	dur := time.Since(start)
+	rec := store.ExecRecord{
+		WorkspaceID: id, UserID: user.ID, Argv: spec.Argv, ExitCode: res.ExitCode, Signal: string(res.Signal),
+		TimedOut: res.TimedOut, OOMKilled: res.OOMKilled, DurationMS: dur.Milliseconds(), StartedAt: start.UTC(),
+	}
+	if err := m.db.RecordExec(context.WithoutCancel(ctx), rec); err != nil {
+		m.log.Warn("record exec", "workspace_id", id, "error", err)
+	}
+	return ExecuteResult{
+		ExitCode: res.ExitCode, Stdout: stdout.String(), Stderr: stderr.String(),
+		Truncated: stdout.Truncated() || stderr.Truncated(), TimedOut: res.TimedOut,
+		OOMKilled: res.OOMKilled, Signal: string(res.Signal), DurationMS: dur.Milliseconds(),
+	}, nil
+}

@@ -1,0 +1,162 @@
+package workspace
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/corralhq/corral/policy"
+	"github.com/corralhq/corral/runtime"
+)
+
+// Reconcile makes the store and the runtime agree after a start-up: sandboxes
+// the store does not know are removed, workspaces whose sandbox vanished are
+// marked as errored, running ones are adopted (their egress proxies
+// reopened), and half-created or half-deleted ones are finished off.
+func (m *Manager) Reconcile(ctx context.Context) error {
+	live, err := m.rt.List(ctx)
+	if err != nil {
+		return fmt.Errorf("list %s sandboxes: %w", m.rt.Name(), err)
+	}
+	byID := make(map[string]runtime.Status, len(live))
+	for _, s := range live {
+		byID[s.ID] = s
+	}
+	rows, err := m.db.AllWorkspaces(ctx)
+	if err != nil {
+		return err
+	}
+	known := make(map[string]bool, len(rows))
+	for _, row := range rows {
+		known[row.ID] = true
+		if row.Runtime != m.rt.Name() {
+			continue // another runtime's; left alone
+		}
+		log := m.log.With("workspace_id", row.ID)
+		st, err := decode(row)
+		if err != nil {
+			return err
+		}
+		s, exists := byID[row.ID]
+		switch {
+		case row.State == StateCreating || row.State == StateDeleting:
+			log.Info("finishing interrupted create/delete", "state", row.State)
+			if err := m.destroy(ctx, row.ID); err != nil {
+				return err
+			}
+			continue
+		case !exists:
+			if row.State != StateError {
+				log.Warn("sandbox vanished while the server was down")
+				if err := m.db.SetWorkspaceState(ctx, row.ID, StateError, "sandbox vanished while the server was down"); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if st.Policy.Network.Mode == policy.NetworkAllowlist && m.proxy != nil {
+			if _, err := m.proxy.Open(row.ID, st.Policy.Network.AllowedHosts); err != nil {
+				return fmt.Errorf("reopen egress proxy of %s: %w", row.ID, err)
+			}
+		}
+		state := StateStopped
+		if s.State == runtime.StateRunning {
+			state = StateRunning
+			log.Info("adopted running workspace")
+		}
+		if state != row.State {
+			if err := m.db.SetWorkspaceState(ctx, row.ID, state, ""); err != nil {
+				return err
+			}
+		}
+	}
+	for _, s := range live {
+		if !known[s.ID] {
+			m.log.Warn("removing orphaned sandbox", "workspace_id", s.ID)
+			if err := m.rt.Remove(ctx, s.ID); err != nil {
+				return fmt.Errorf("remove orphan %s: %w", s.ID, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Run stops workspaces that have been idle longer than their idle timeout,
+// deletes those past their lifetime, and saves last-use times, every tick,
+// until ctx is done.
+func (m *Manager) Run(ctx context.Context, tick time.Duration) {
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			m.flushUsed(context.WithoutCancel(ctx))
+			return
+		case <-t.C:
+			m.flushUsed(ctx)
+			if err := m.sweep(ctx, time.Now()); err != nil && ctx.Err() == nil {
+				m.log.Error("idle sweep", "error", err)
+			}
+		}
+	}
+}
+
+func (m *Manager) flushUsed(ctx context.Context) {
+	m.mu.Lock()
+	used := m.used
+	m.used = map[string]time.Time{}
+	m.mu.Unlock()
+	for id, at := range used {
+		if err := m.db.TouchWorkspace(ctx, id, at.UTC()); err != nil {
+			m.log.Debug("touch workspace", "workspace_id", id, "error", err)
+		}
+	}
+}
+
+// sweep stops idle workspaces and deletes expired ones.
+func (m *Manager) sweep(ctx context.Context, now time.Time) error {
+	rows, err := m.db.AllWorkspaces(ctx)
+	if err != nil {
+		return err
+	}
+	for _, row := range rows {
+		if row.Runtime != m.rt.Name() {
+			continue
+		}
+		st, err := decode(row)
+		if err != nil {
+			return err
+		}
+		l := st.Policy.Limits
+		if l.Lifetime > 0 && now.Sub(row.CreatedAt) > time.Duration(l.Lifetime) && row.State != StateDeleting {
+			m.log.Info("workspace reached its lifetime; deleting", "workspace_id", row.ID)
+			if err := m.Delete(ctx, row.UserID, row.ID); err != nil {
+				return err
+			}
+			continue
+		}
+		if row.State != StateRunning || l.IdleTimeout <= 0 || now.Sub(row.LastUsedAt) < time.Duration(l.IdleTimeout) {
+			continue
+		}
+		if err := m.stopIdle(ctx, row.ID, time.Duration(l.IdleTimeout)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Manager) stopIdle(ctx context.Context, id string, idle time.Duration) error {
+	unlock := m.lock(id)
+	defer unlock()
+	m.mu.Lock()
+	busy, last := m.busy[id] > 0, m.used[id]
+	m.mu.Unlock()
+	if busy || time.Since(last) < idle {
+		return nil
+	}
+	if err := m.rt.Stop(ctx, id); err != nil {
+		return fmt.Errorf("stop idle workspace %s: %w", id, err)
+	}
+	m.log.Info("stopped idle workspace", "workspace_id", id)
+	return m.db.SetWorkspaceState(ctx, id, StateStopped, "")
+}
