@@ -957,16 +957,39 @@ func TestConcurrentWriters(t *testing.T) {
 var idRE = regexp.MustCompile(`^ws_[0-9a-v]{20}$`)
 
 func TestNewID(t *testing.T) {
-	seen := make(map[string]bool)
-	for range 10000 {
+	// Within a process every ID sorts after the one before, so no two are
+	// equal, even when many are made in one millisecond.
+	prevID := ""
+	for range 100000 {
 		id := store.NewID("ws")
 		if !idRE.MatchString(id) {
 			t.Fatalf("NewID = %q, want ws_ + 20 of [0-9a-v]", id)
 		}
-		if seen[id] {
-			t.Fatalf("NewID repeated %q", id)
+		if id <= prevID {
+			t.Fatalf("NewID %q does not sort after the previous %q", id, prevID)
 		}
-		seen[id] = true
+		prevID = id
+	}
+	// The same holds across goroutines.
+	ids := make([][]string, 4)
+	var wg sync.WaitGroup
+	for g := range ids {
+		wg.Go(func() {
+			for range 5000 {
+				ids[g] = append(ids[g], store.NewID("ws"))
+			}
+		})
+	}
+	wg.Wait()
+	all := slices.Concat(ids...)
+	slices.Sort(all)
+	if len(slices.Compact(all)) != 4*5000 {
+		t.Fatalf("concurrent NewID calls repeated IDs")
+	}
+	for g := range ids {
+		if !slices.IsSorted(ids[g]) {
+			t.Fatalf("goroutine %d got IDs out of order", g)
+		}
 	}
 	// Later IDs sort after earlier ones, to the millisecond.
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
