@@ -50,8 +50,9 @@ var migrationFiles embed.FS
 // serialised by SQLite (BEGIN IMMEDIATE plus a 5 s busy timeout), so callers
 // never see SQLITE_BUSY under normal contention.
 type DB struct {
-	sql  *sql.DB
-	path string
+	sql      *sql.DB
+	authStmt *sql.Stmt // keyByHashQuery
+	path     string
 	// now is the clock; tests replace it to step over time-based rules such
 	// as the once-a-minute last_used_at update.
 	now func() time.Time
@@ -101,6 +102,10 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		sqldb.Close()
 		return nil, fmt.Errorf("store: open %s: %w", abs, err)
 	}
+	if db.authStmt, err = sqldb.PrepareContext(ctx, keyByHashQuery); err != nil {
+		sqldb.Close()
+		return nil, fmt.Errorf("store: open %s: prepare: %w", abs, classify(err))
+	}
 	return db, nil
 }
 
@@ -118,6 +123,7 @@ func dsn(path string) string {
 // Close closes the database. Outstanding queries fail; calling Close twice
 // returns nil the second time.
 func (db *DB) Close() error {
+	db.authStmt.Close()
 	if err := db.sql.Close(); err != nil {
 		return fmt.Errorf("store: close %s: %w", db.path, err)
 	}

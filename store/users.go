@@ -206,6 +206,9 @@ func (db *DB) insertKey(ctx context.Context, userID, secret, prefix string) (Key
 	return k, nil
 }
 
+// keyByHashQuery is Authenticate's hot path, prepared once at Open.
+const keyByHashQuery = "SELECT " + keyColumns + " WHERE k.hash = ?"
+
 const keyColumns = `k.id, k.user_id, u.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at,
 	u.created_at FROM api_keys k JOIN users u ON u.id = k.user_id`
 
@@ -225,7 +228,7 @@ func scanKey(r rowScanner) (Key, time.Time, error) {
 }
 
 func (db *DB) keyByHash(ctx context.Context, hash []byte) (Key, error) {
-	k, _, err := scanKey(db.sql.QueryRowContext(ctx, "SELECT "+keyColumns+" WHERE k.hash = ?", hash))
+	k, _, err := scanKey(db.authStmt.QueryRowContext(ctx, hash))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Key{}, errdefs.NotFound("API key not found")
 	}
@@ -243,7 +246,7 @@ func (db *DB) Authenticate(ctx context.Context, secret string) (User, error) {
 	if secret == "" || len(secret) > maxKeyLen {
 		return User{}, errdefs.New(errdefs.ErrUnauthenticated, "unauthenticated", "invalid API key")
 	}
-	k, userCreated, err := scanKey(db.sql.QueryRowContext(ctx, "SELECT "+keyColumns+" WHERE k.hash = ?", hashKey(secret)))
+	k, userCreated, err := scanKey(db.authStmt.QueryRowContext(ctx, hashKey(secret)))
 	if errors.Is(err, sql.ErrNoRows) {
 		return User{}, errdefs.New(errdefs.ErrUnauthenticated, "unauthenticated", "invalid API key")
 	}
