@@ -104,6 +104,21 @@ func (db *DB) GetConversation(ctx context.Context, userID, id string) (Conversat
 	return c, nil
 }
 
+// ConversationByID returns the conversation whoever owns it, for the
+// server's own use; never answer a user with it without an ownership check.
+// Errors: ErrNotFound.
+func (db *DB) ConversationByID(ctx context.Context, id string) (Conversation, error) {
+	c, err := scanConversation(db.sql.QueryRowContext(ctx,
+		"SELECT "+conversationColumns+" WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Conversation{}, errdefs.NotFound("conversation %s not found", id)
+	}
+	if err != nil {
+		return Conversation{}, fmt.Errorf("get conversation %s: %w", id, classify(err))
+	}
+	return c, nil
+}
+
 // ListConversations returns a page of the user's conversations with an ID
 // greater than after ("" for the first page), in ID (creation) order, at most
 // limit of them (<= 0: DefaultPageSize; clamped to MaxPageSize).

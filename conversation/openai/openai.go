@@ -104,8 +104,28 @@ type ToolCall struct {
 
 // FunctionCall names the function and carries its arguments as a JSON text.
 type FunctionCall struct {
-	Name      string `json:"name"`
-	Arguments string `json:"arguments"`
+	Name      string    `json:"name"`
+	Arguments Arguments `json:"arguments"`
+}
+
+// Arguments is a function call's arguments as the JSON text the model wrote.
+// The protocol sends them as a string; some servers send a JSON object
+// instead, which decodes to its text.
+type Arguments string
+
+// UnmarshalJSON accepts a JSON string or any other JSON value.
+func (a *Arguments) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*a = Arguments(s)
+		return nil
+	}
+	if string(b) == "null" {
+		*a = ""
+		return nil
+	}
+	*a = Arguments(b)
+	return nil
 }
 
 // Tool offers a function to the model.
@@ -214,7 +234,9 @@ func (c *Client) backoff(attempt int, retryAfter time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// errStatus is an attempt's failure with its HTTP status (0: none).
+// attempt makes one HTTP call. It returns the HTTP status (0 for a
+// transport error, -1 for an answer that is not worth retrying) and any
+// Retry-After the server sent.
 func (c *Client) attempt(ctx context.Context, url string, body []byte) (Choice, int, time.Duration, error) {
 	actx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
