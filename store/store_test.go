@@ -155,6 +155,9 @@ func TestPingAfterClose(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	wantClass(t, "Ping after Close", db.Ping(context.Background()), errdefs.ErrUnavailable)
+	if err := db.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
 }
 
 func TestReopenKeepsDataAndSchema(t *testing.T) {
@@ -1038,6 +1041,45 @@ func BenchmarkAuthenticate(b *testing.B) {
 	b.Run("unknown", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := db.Authenticate(ctx, "crl_not-a-key-at-all-but-long-enough"); !errors.Is(err, errdefs.ErrUnauthenticated) {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func BenchmarkWrites(b *testing.B) {
+	ctx := context.Background()
+	db := storeOpen(b)
+	u := storeUser(b, db, "alice")
+	w := storeWorkspace(b, db, u.ID)
+	b.Run("CreateWorkspace", func(b *testing.B) {
+		for b.Loop() {
+			err := db.CreateWorkspace(ctx, store.Workspace{ID: store.NewID("ws"), UserID: u.ID, Runtime: "process", State: "creating"})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("RecordExec", func(b *testing.B) {
+		for b.Loop() {
+			if err := db.RecordExec(ctx, store.ExecRecord{WorkspaceID: w.ID, UserID: u.ID, Argv: []string{"true"}}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("RecordExec/parallel", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := db.RecordExec(ctx, store.ExecRecord{WorkspaceID: w.ID, UserID: u.ID, Argv: []string{"true"}}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+	b.Run("TouchWorkspace", func(b *testing.B) {
+		for b.Loop() {
+			if err := db.TouchWorkspace(ctx, w.ID, time.Now()); err != nil {
 				b.Fatal(err)
 			}
 		}
