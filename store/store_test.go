@@ -381,7 +381,7 @@ func TestKeys(t *testing.T) {
 	if i := slices.IndexFunc(all, func(x store.Key) bool { return x.ID == bobKey.ID }); i < 0 || all[i].UserName != "bob" {
 		t.Fatalf("ListKeys(all) lacks bob's key: %+v", all)
 	}
-	if none, err := db.ListKeys(ctx, "usr_missing"); err != nil || len(none) != 0 {
+	if none, err := db.ListKeys(ctx, "usr_missing"); err != nil || none == nil || len(none) != 0 {
 		t.Fatalf("ListKeys(missing user) = %+v, %v", none, err)
 	}
 

@@ -113,7 +113,7 @@ func (db *DB) ListUsers(ctx context.Context) ([]User, error) {
 		return nil, fmt.Errorf("list users: %w", classify(err))
 	}
 	defer rows.Close()
-	var us []User
+	us := []User{}
 	for rows.Next() {
 		var u User
 		var created int64
@@ -270,7 +270,8 @@ func (db *DB) Authenticate(ctx context.Context, secret string) (User, error) {
 }
 
 // ListKeys returns the keys of the user, or of every user if userID is
-// empty, oldest first, revoked ones included. An unknown user has no keys.
+// empty, oldest first, revoked ones included. An unknown user has no keys
+// (an empty, non-nil slice).
 func (db *DB) ListKeys(ctx context.Context, userID string) ([]Key, error) {
 	q := "SELECT " + keyColumns
 	var args []any
@@ -284,7 +285,7 @@ func (db *DB) ListKeys(ctx context.Context, userID string) ([]Key, error) {
 		return nil, fmt.Errorf("list keys: %w", classify(err))
 	}
 	defer rows.Close()
-	var ks []Key
+	ks := []Key{}
 	for rows.Next() {
 		k, _, err := scanKey(rows)
 		if err != nil {
