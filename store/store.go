@@ -5,7 +5,11 @@
 // The schema lives in migrations/NNNN_name.sql, embedded in the binary and
 // applied in order at Open, each in its own transaction; the version reached is
 // kept in PRAGMA user_version. Adding a table means adding the next numbered
-// file and the Go methods that use it, nothing else.
+// file and the Go methods that use it, nothing else. Migrations run with
+// foreign keys on, and SQLite ignores PRAGMA foreign_keys inside a
+// transaction: a migration that rebuilds a table must not DROP a table that
+// others reference with ON DELETE CASCADE (the drop deletes their rows);
+// rename-and-copy the child tables instead, or add columns with ALTER TABLE.
 //
 // Timestamps are stored as INTEGER unix milliseconds (UTC), so every time.Time
 // the store returns is UTC with millisecond precision. IDs come from NewID and
