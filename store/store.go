@@ -7,9 +7,9 @@
 // kept in PRAGMA user_version. Adding a table means adding the next numbered
 // file and the Go methods that use it, nothing else. Migrations run with
 // foreign keys on, and SQLite ignores PRAGMA foreign_keys inside a
-// transaction: a migration that rebuilds a table must not DROP a table that
-// others reference with ON DELETE CASCADE (the drop deletes their rows);
-// rename-and-copy the child tables instead, or add columns with ALTER TABLE.
+// transaction, so a migration cannot switch them off: dropping a table that
+// others reference with ON DELETE CASCADE deletes their rows. Prefer ALTER
+// TABLE … ADD COLUMN and new tables to rebuilding referenced ones.
 //
 // Timestamps are stored as INTEGER unix milliseconds (UTC), so every time.Time
 // the store returns is UTC with millisecond precision. IDs come from NewID and
