@@ -1,0 +1,219 @@
+// Package docker is Corral's Docker Engine runtime. A workspace is one
+// long-lived container running `corral init` as PID 1, with a named volume
+// mounted at /workspace that outlives stops and starts; commands run in it
+// through the exec API.
+//
+// The engine client (github.com/moby/moby/client) is pre-1.0, so none of its
+// types leave this package.
+//
+// Signals, timeouts and OOM detection for commands need the engine on this
+// host (they use the host's /proc and cgroup files: the exec API cannot signal
+// a process); the driver checks this at start-up and reports it in
+// Capabilities.Isolation. Disk limits are not supported: the volume's
+// filesystem has no quotas on hosts like ours, and a size-capped tmpfs volume
+// loses its files when the container stops.
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/runtime"
+	"github.com/hashicorp/go-hclog"
+	"github.com/moby/moby/client"
+)
+
+// Name is the name the driver is registered under.
+const Name = "docker"
+
+// DefaultHost is the engine socket used when neither the "host" option nor
+// DOCKER_HOST is set.
+const DefaultHost = "unix:///var/run/docker.sock"
+
+func init() { runtime.Register(Name, New) }
+
+// Driver runs workspaces as Docker containers.
+type Driver struct {
+	cli      *client.Client
+	log      hclog.Logger
+	serverID string
+	initPath string
+	image    string
+	host     string
+	caps     runtime.Capabilities
+	// local is true when the engine's containers are visible in this host's
+	// /proc (same machine, same PID namespace): signals and OOM detection
+	// for commands then go through the host.
+	local bool
+
+	locks    sync.Map // workspace ID → *sync.Mutex, serialising lifecycle calls
+	oomFiles sync.Map // container name → its memory cgroup's OOM counter file
+}
+
+var (
+	_ runtime.Runtime     = (*Driver)(nil)
+	_ runtime.ImagePuller = (*Driver)(nil)
+)
+
+// New opens the docker driver. Options: "host" (engine address, else
+// DOCKER_HOST, else DefaultHost) and "image" (the image used when a Spec
+// names none). It pings the engine and measures its capabilities; an
+// unreachable engine fails with errdefs.ErrUnavailable.
+func New(cfg runtime.Config) (runtime.Runtime, error) {
+	return Open(context.Background(), cfg)
+}
+
+// Open is New with a context for the start-up probes.
+func Open(ctx context.Context, cfg runtime.Config) (*Driver, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	host := cfg.Options["host"]
+	if host == "" {
+		host = os.Getenv("DOCKER_HOST")
+	}
+	if host == "" {
+		host = DefaultHost
+	}
+	initPath := cfg.InitPath
+	if initPath == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("docker: find the corral binary for init: %w", err)
+		}
+		initPath = exe
+	}
+	if st, err := os.Stat(initPath); err != nil || st.IsDir() {
+		return nil, errdefs.Invalid("invalid_config", "docker: init binary %q is not a file: %v", initPath, err)
+	}
+	cli, err := client.New(client.WithHost(host), client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, errdefs.New(errdefs.ErrUnavailable, "engine_unavailable", "docker: client for %s: %v", host, err)
+	}
+	d := &Driver{
+		cli:      cli,
+		log:      log.Named("docker"),
+		serverID: cfg.ServerID,
+		initPath: initPath,
+		image:    cfg.Options["image"],
+		host:     host,
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := cli.Ping(pctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
+		cli.Close()
+		return nil, errdefs.New(errdefs.ErrUnavailable, "engine_unavailable", "docker: engine at %s unreachable: %v", host, err)
+	}
+	info, err := cli.Info(pctx, client.InfoOptions{})
+	if err != nil {
+		cli.Close()
+		return nil, engineErr(err, "docker: engine info")
+	}
+	d.local = engineIsLocal(host)
+	d.caps = capabilitiesFrom(info.Info, d.local)
+	d.log.Info("opened", "host", host, "api_version", cli.ClientVersion(),
+		"server_version", info.Info.ServerVersion, "cgroup_version", info.Info.CgroupVersion,
+		"local", d.local, "isolation", d.caps.Isolation)
+	return d, nil
+}
+
+// engineIsLocal reports whether the engine runs on this machine, in this PID
+// namespace, so its containers' processes can be signalled from here. A unix
+// socket is a strong hint; the PID check in each command confirms it.
+func engineIsLocal(host string) bool {
+	if !strings.HasPrefix(host, "unix://") {
+		return false
+	}
+	// In a PID namespace of our own (e.g. corral itself in a container) we
+	// would not see the engine's processes.
+	b, err := os.ReadFile("/proc/1/comm")
+	return err == nil && len(b) > 0
+}
+
+// Name returns "docker".
+func (d *Driver) Name() string { return Name }
+
+// Capabilities reports what was measured when the driver was opened.
+func (d *Driver) Capabilities() runtime.Capabilities { return d.caps }
+
+// Close releases the client's connections; workspaces keep running.
+func (d *Driver) Close() error { return d.cli.Close() }
+
+// lock serialises lifecycle calls on one workspace inside this process.
+func (d *Driver) lock(id string) func() {
+	m, _ := d.locks.LoadOrStore(id, &sync.Mutex{})
+	mu := m.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
+}
+
+var validID = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
+
+func checkID(id string) error {
+	if !validID.MatchString(id) {
+		return errdefs.Invalid("invalid_id", "workspace ID %q must be 1-64 characters of [a-z0-9_-]", id)
+	}
+	return nil
+}
+
+var nameUnsafe = regexp.MustCompile(`[^a-zA-Z0-9_.-]+`)
+
+// objectName is the name of the workspace's container and of its volume. It
+// holds the server ID so that two servers on one engine never collide.
+func (d *Driver) objectName(id string) string {
+	if s := nameUnsafe.ReplaceAllString(d.serverID, "_"); s != "" {
+		return "corral-" + s + "-" + id
+	}
+	return "corral-" + id
+}
+
+// labels are the ownership labels on everything the driver creates.
+func (d *Driver) labels(id string, extra map[string]string) map[string]string {
+	l := make(map[string]string, len(extra)+3)
+	for k, v := range extra {
+		l[k] = v
+	}
+	l[runtime.LabelManaged] = "true"
+	l[runtime.LabelWorkspace] = id
+	l[runtime.LabelServer] = d.serverID
+	return l
+}
+
+// engineErr classifies an engine error at the driver boundary: the caller
+// sees errdefs classes, never the client's.
+func engineErr(err error, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
+	msg := fmt.Sprintf(format, args...) + ": " + err.Error()
+	var e *errdefs.Error
+	if errors.As(err, &e) {
+		return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
+	}
+	switch {
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
+	case client.IsErrConnectionFailed(err):
+		return errdefs.New(errdefs.ErrUnavailable, "engine_unavailable", "%s", msg)
+	case isNotFound(err):
+		return errdefs.NotFound("%s", msg)
+	case isConflict(err):
+		return errdefs.New(errdefs.ErrConflict, "conflict", "%s", msg)
+	case isInvalid(err):
+		return errdefs.Invalid("invalid_argument", "%s", msg)
+	}
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
+}
+
+func isNotFound(err error) bool { return cerrdefs.IsNotFound(err) }
+func isConflict(err error) bool { return cerrdefs.IsConflict(err) }
+func isInvalid(err error) bool  { return cerrdefs.IsInvalidArgument(err) }

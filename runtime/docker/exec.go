@@ -1,0 +1,488 @@
+package docker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/runtime"
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/client"
+)
+
+// execMarkerEnv is set on every command so that its processes can be found
+// inside the container even after they have left its process group.
+const execMarkerEnv = "CORRAL_EXEC"
+
+// Exec starts a command in a running workspace through the engine's exec
+// API. The engine makes every exec a session and process-group leader, so
+// signals, timeouts and ctx cancellation reach the command and everything it
+// started in its group (the host signals the group: see Process.Signal).
+// Errors: errdefs.ErrNotFound (no such workspace), errdefs.ErrFailedPrecondition
+// (not running), errdefs.ErrInvalidArgument (empty argv, cwd outside the
+// workspace or missing). A command that cannot be found exits 127, one that
+// cannot be run 126.
+func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (runtime.Process, error) {
+	if err := checkID(id); err != nil {
+		return nil, errdefs.NotFound("workspace %s not found", id)
+	}
+	if len(spec.Argv) == 0 || spec.Argv[0] == "" {
+		return nil, errdefs.Invalid("invalid_exec", "argv must not be empty")
+	}
+	if spec.Timeout < 0 {
+		return nil, errdefs.Invalid("invalid_exec", "timeout must not be negative")
+	}
+	name := d.objectName(id)
+	cwd := runtime.WorkspaceDir
+	if spec.Cwd != "" {
+		rel, err := runtime.CleanPath(spec.Cwd)
+		if err != nil {
+			return nil, err
+		}
+		if rel != "" {
+			st, err := d.resolve(ctx, name, rel)
+			if err != nil {
+				if errors.Is(err, errdefs.ErrNotFound) {
+					return nil, errdefs.Invalid("invalid_cwd", "working directory %q does not exist in workspace %s", spec.Cwd, id)
+				}
+				return nil, err
+			}
+			if !st.Mode.IsDir() {
+				return nil, errdefs.Invalid("invalid_cwd", "working directory %q is not a directory", spec.Cwd)
+			}
+			cwd = path.Join(runtime.WorkspaceDir, rel)
+		}
+	}
+	marker := randomHex(8)
+	env := make(map[string]string, len(spec.Env)+1)
+	for k, v := range spec.Env {
+		env[k] = v
+	}
+	env[execMarkerEnv] = marker
+	argv := spec.Argv
+	if spec.TTY && spec.Size.Cols > 0 && spec.Size.Rows > 0 {
+		argv = ttyArgv(argv, spec.Size)
+	}
+	opts := client.ExecCreateOptions{
+		Cmd:          argv,
+		Env:          envList(env),
+		WorkingDir:   cwd,
+		TTY:          spec.TTY,
+		AttachStdin:  spec.Stdin != nil,
+		AttachStdout: true,
+		AttachStderr: !spec.TTY,
+	}
+
+	// The OOM counter before the command starts, if this container's cgroup
+	// is already known (it is after the first command).
+	oomFile := d.oomFileCached(name)
+	oomBefore := readOOMCount(oomFile)
+
+	created, err := d.cli.ExecCreate(ctx, name, opts)
+	if err != nil {
+		if isConflict(err) {
+			return nil, errdefs.New(errdefs.ErrFailedPrecondition, "workspace_not_running", "workspace %s is not running", id)
+		}
+		return nil, engineErr(err, "exec in workspace %s", id)
+	}
+	att, err := d.cli.ExecAttach(ctx, created.ID, client.ExecAttachOptions{TTY: spec.TTY})
+	if err != nil {
+		if isConflict(err) {
+			return nil, errdefs.New(errdefs.ErrFailedPrecondition, "workspace_not_running", "workspace %s is not running", id)
+		}
+		return nil, engineErr(err, "start command in workspace %s", id)
+	}
+	p := &process{
+		d: d, ws: id, container: name, execID: created.ID, tty: spec.TTY, marker: marker,
+		conn: att.HijackedResponse, done: make(chan struct{}), outDone: make(chan struct{}),
+		oomFile: oomFile, oomBefore: oomBefore,
+	}
+	stdout, stderr := spec.Stdout, spec.Stderr
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	p.head = &headWriter{w: stdout, max: 512}
+	go p.copyOutput(p.head, stderr)
+	if spec.Stdin != nil {
+		go p.copyInput(spec.Stdin)
+	}
+	if p.oomFile == "" && d.local {
+		// First command in this container since the driver opened: learn
+		// its cgroup now, before the command can have used much memory.
+		if pid, err := p.hostPID(ctx); err == nil && pid != 0 {
+			p.oomFile = d.oomFileFor(name, pid)
+			p.oomBefore = readOOMCount(p.oomFile)
+		}
+	}
+	go p.watch(ctx, spec.Timeout)
+	return p, nil
+}
+
+// ttyArgv wraps a TTY command so that its terminal has the initial size
+// before it starts: engines below API 1.42 (Docker 20.10) ignore the exec's
+// console size and can only resize once the command runs, too late for a
+// command that reads its size at once. The shell's exec keeps "not found"
+// at exit code 127.
+func ttyArgv(argv []string, size runtime.WindowSize) []string {
+	script := fmt.Sprintf(`stty rows %d cols %d 2>/dev/null; exec "$0" "$@"`, size.Rows, size.Cols)
+	return append([]string{"/bin/sh", "-c", script}, argv...)
+}
+
+// process is one exec.
+type process struct {
+	d         *Driver
+	ws        string
+	container string
+	execID    string
+	tty       bool
+	marker    string
+	conn      client.HijackedResponse
+
+	outDone   chan struct{} // output fully copied (the engine closed the stream)
+	outErr    error         // a stream error, or the engine's failure to start the command
+	done      chan struct{} // Wait's result is ready
+	waitOnce  sync.Once
+	res       runtime.ExitResult
+	err       error
+	timedOut  atomic.Bool
+	killed    atomic.Bool // we killed it (timeout or ctx)
+	oomFile   string
+	oomBefore int64
+	head      *headWriter // the start of stdout, where the engine reports a failed start
+
+	pidOnce sync.Once
+	pid     int
+	pidErr  error
+}
+
+var _ runtime.Process = (*process)(nil)
+
+func (p *process) copyOutput(stdout, stderr io.Writer) {
+	defer close(p.outDone)
+	var err error
+	if p.tty {
+		_, err = io.Copy(stdout, p.conn.Reader)
+	} else {
+		_, err = stdcopy.StdCopy(stdout, stderr, p.conn.Reader)
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		p.outErr = err
+	}
+}
+
+func (p *process) copyInput(r io.Reader) {
+	_, _ = io.Copy(p.conn.Conn, r)
+	_ = p.conn.CloseWrite()
+}
+
+// watch kills the command's group when its timeout passes or ctx ends, and
+// completes Wait's result once the command is gone.
+func (p *process) watch(ctx context.Context, timeout time.Duration) {
+	var timer <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		timer = t.C
+	}
+	select {
+	case <-p.outDone:
+	case <-timer:
+		p.timedOut.Store(true)
+		p.killAll()
+		<-p.outDone
+	case <-ctx.Done():
+		p.killAll()
+		<-p.outDone
+	}
+	p.finish()
+}
+
+// killAll sends SIGKILL to the command's process group and then to anything
+// left carrying the command's marker, until nothing is left.
+func (p *process) killAll() {
+	p.killed.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.signal(ctx, syscall.SIGKILL); err != nil {
+		p.d.log.Warn("kill command", "workspace_id", p.ws, "exec_id", short(p.execID), "error", err)
+	}
+}
+
+// finish learns the exit code once the output stream has ended.
+func (p *process) finish() {
+	defer close(p.done)
+	defer p.conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var code, pid int
+	for delay := time.Millisecond; ; delay = min(delay*2, 100*time.Millisecond) {
+		ins, err := p.d.cli.ExecInspect(ctx, p.execID, client.ExecInspectOptions{})
+		if err != nil {
+			p.err = engineErr(err, "command in workspace %s", p.ws)
+			return
+		}
+		if !ins.Running {
+			code, pid = ins.ExitCode, ins.PID
+			break
+		}
+		select {
+		case <-ctx.Done():
+			p.err = fmt.Errorf("command in workspace %s: still running after its output ended: %w", p.ws, ctx.Err())
+			return
+		case <-time.After(delay):
+		}
+	}
+	if p.outErr != nil {
+		// The engine reports a command it could not start in the stream
+		// itself ("executable file not found", "permission denied").
+		if c, ok := startFailureCode(p.outErr.Error()); ok {
+			p.res = runtime.ExitResult{ExitCode: c}
+			return
+		}
+		p.err = fmt.Errorf("output of command in workspace %s: %w", p.ws, p.outErr)
+		return
+	}
+	if code == 126 && pid == 0 {
+		// runc could not start the command; the engine wrote why to the
+		// stream ("OCI runtime exec failed: ... executable file not found").
+		if c, ok := startFailureCode(p.head.String()); ok {
+			p.res = runtime.ExitResult{ExitCode: c}
+			return
+		}
+	}
+	p.res = exitResult(code)
+	if p.timedOut.Load() {
+		p.res.TimedOut = true
+	}
+	if p.res.Signal == "SIGKILL" && !p.killed.Load() && p.oomKilled() {
+		p.res.OOMKilled = true
+	}
+}
+
+// exitResult reads the engine's exit code: it reports 128+n for a command
+// killed by signal n, like a shell.
+func exitResult(code int) runtime.ExitResult {
+	if code > 128 && code < 128+65 {
+		if r := runtime.SignalResult(syscall.Signal(code - 128)); r.Signal != "" {
+			return r
+		}
+	}
+	return runtime.ExitResult{ExitCode: code}
+}
+
+// headWriter passes writes through and keeps the first max bytes.
+type headWriter struct {
+	w   io.Writer
+	max int
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (h *headWriter) Write(b []byte) (int, error) {
+	h.mu.Lock()
+	if n := h.max - len(h.buf); n > 0 {
+		h.buf = append(h.buf, b[:min(n, len(b))]...)
+	}
+	h.mu.Unlock()
+	return h.w.Write(b)
+}
+
+func (h *headWriter) String() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return string(h.buf)
+}
+
+// startFailureCode maps the engine's message for a command it could not
+// start to the shell's exit codes: 127 not found, 126 not executable.
+func startFailureCode(msg string) (int, bool) {
+	if !strings.Contains(msg, "exec failed") {
+		return 0, false
+	}
+	switch {
+	case strings.Contains(msg, "executable file not found"), strings.Contains(msg, "no such file or directory"):
+		return 127, true
+	case strings.Contains(msg, "permission denied"), strings.Contains(msg, "exec format error"),
+		strings.Contains(msg, "is a directory"), strings.Contains(msg, "not a directory"):
+		return 126, true
+	}
+	return 0, false
+}
+
+// Wait blocks until the command has exited and its output is written.
+func (p *process) Wait() (runtime.ExitResult, error) {
+	<-p.done
+	return p.res, p.err
+}
+
+// Signal sends sig to the command's process group. A command that has
+// exited is not an error.
+func (p *process) Signal(ctx context.Context, sig runtime.Signal) error {
+	n := sig.Num()
+	if n == 0 {
+		return errdefs.Invalid("invalid_signal", "unknown signal %q", sig)
+	}
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	return p.signal(ctx, n)
+}
+
+// signal delivers sig to the command's process group from the host when the
+// engine is local, otherwise from inside the container.
+func (p *process) signal(ctx context.Context, sig syscall.Signal) error {
+	if p.d.local {
+		pid, err := p.hostPID(ctx)
+		if err != nil {
+			return err
+		}
+		if pid == 0 {
+			return nil // never started or already gone
+		}
+		if err := syscall.Kill(-pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("signal command in workspace %s: %w", p.ws, err)
+		}
+		if sig == syscall.SIGKILL {
+			p.sweepHost(pid)
+		}
+		return nil
+	}
+	return p.signalInside(ctx, sig)
+}
+
+// hostPID is the host PID of the command (its process group ID, since the
+// engine makes each exec a group leader); 0 if it exited before starting.
+func (p *process) hostPID(ctx context.Context) (int, error) {
+	p.pidOnce.Do(func() {
+		for delay := time.Millisecond; ; delay = min(delay*2, 50*time.Millisecond) {
+			ins, err := p.d.cli.ExecInspect(ctx, p.execID, client.ExecInspectOptions{})
+			if err != nil {
+				p.pidErr = engineErr(err, "find command in workspace %s", p.ws)
+				return
+			}
+			if ins.PID != 0 {
+				p.pid = ins.PID
+				return
+			}
+			select {
+			case <-p.outDone:
+				return
+			case <-ctx.Done():
+				p.pidErr = ctx.Err()
+				return
+			case <-time.After(delay):
+			}
+		}
+	})
+	return p.pid, p.pidErr
+}
+
+// sweepHost kills, after the group, every process of this container that
+// still carries the command's marker (children that left the group with
+// setsid or setpgid), and repeats until the group is empty.
+func (p *process) sweepHost(pgid int) {
+	want := []byte(execMarkerEnv + "=" + p.marker + "\x00")
+	for range 50 {
+		left := false
+		if err := syscall.Kill(-pgid, syscall.SIGKILL); err == nil {
+			left = true
+		}
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil || pid == pgid {
+				continue
+			}
+			env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+			if err != nil || !containsEnv(env, want) {
+				continue
+			}
+			if syscall.Kill(pid, syscall.SIGKILL) == nil {
+				left = true
+			}
+		}
+		if !left {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func containsEnv(environ, entry []byte) bool {
+	s, e := string(environ), string(entry)
+	return strings.HasPrefix(s, e) || strings.Contains(s, "\x00"+e)
+}
+
+// signalInside signals from within the container, for engines on another
+// machine: a shell finds the command's processes by their marker.
+func (p *process) signalInside(ctx context.Context, sig syscall.Signal) error {
+	script := fmt.Sprintf(`for d in /proc/[0-9]*; do p=${d#/proc/}; [ "$p" = "$$" ] && continue; `+
+		`if tr '\0' '\n' <"$d/environ" 2>/dev/null | grep -qx '%s=%s'; then kill -s %d "$p" 2>/dev/null; fi; done; exit 0`,
+		execMarkerEnv, p.marker, int(sig))
+	res, err := p.d.cli.ExecCreate(ctx, p.container, client.ExecCreateOptions{Cmd: []string{"/bin/sh", "-c", script}})
+	if err != nil {
+		if isConflict(err) || isNotFound(err) {
+			return nil // the workspace stopped: everything in it is gone
+		}
+		return engineErr(err, "signal command in workspace %s", p.ws)
+	}
+	if _, err := p.d.cli.ExecStart(ctx, res.ID, client.ExecStartOptions{}); err != nil {
+		return engineErr(err, "signal command in workspace %s", p.ws)
+	}
+	return nil
+}
+
+// Resize changes the terminal size of a TTY command.
+// errdefs.ErrFailedPrecondition without a TTY.
+func (p *process) Resize(ctx context.Context, size runtime.WindowSize) error {
+	if !p.tty {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "no_tty", "command has no terminal to resize")
+	}
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	_, err := p.d.cli.ExecResize(ctx, p.execID, client.ExecResizeOptions{Height: uint(size.Rows), Width: uint(size.Cols)})
+	if err != nil && !isConflict(err) && !isNotFound(err) {
+		return engineErr(err, "resize command in workspace %s", p.ws)
+	}
+	return nil
+}
+
+// oomKilled reports whether the kernel's OOM killer struck in the
+// workspace's memory cgroup while the command ran.
+func (p *process) oomKilled() bool {
+	file := p.oomFile
+	if file == "" {
+		pid, _ := p.hostPID(context.Background())
+		file = p.d.oomFileFor(p.container, pid)
+	}
+	if file == "" {
+		return false
+	}
+	return readOOMCount(file) > p.oomBefore
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

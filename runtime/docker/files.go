@@ -1,0 +1,362 @@
+package docker
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/runtime"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+)
+
+// Files move through the engine's archive API, which works on running and
+// stopped containers alike. The engine resolves symlinks inside the
+// container's root, never the host's, but a symlink in the workspace may
+// still lead elsewhere in the container: the driver stats each component of a
+// path first and refuses any symlink that resolves outside /workspace.
+
+// pathChecker stats paths in one container and remembers the answers.
+type pathChecker struct {
+	d         *Driver
+	container string
+	seen      map[string]statResult
+}
+
+type statResult struct {
+	stat container.PathStat
+	err  error
+}
+
+func (d *Driver) newPathChecker(name string) *pathChecker {
+	return &pathChecker{d: d, container: name, seen: map[string]statResult{}}
+}
+
+func inWorkspace(abs string) bool {
+	return abs == runtime.WorkspaceDir || strings.HasPrefix(abs, runtime.WorkspaceDir+"/")
+}
+
+// lstat stats rel (relative to the workspace, parents resolved by the engine)
+// without following a final symlink. errdefs.ErrNotFound if missing.
+func (c *pathChecker) lstat(ctx context.Context, rel string) (container.PathStat, error) {
+	if r, ok := c.seen[rel]; ok {
+		return r.stat, r.err
+	}
+	res, err := c.d.cli.ContainerStatPath(ctx, c.container, client.ContainerStatPathOptions{Path: path.Join(runtime.WorkspaceDir, rel)})
+	if err != nil {
+		err = engineErr(err, "stat %q", rel)
+	}
+	c.seen[rel] = statResult{res.Stat, err}
+	return res.Stat, err
+}
+
+// checkParents makes sure that no existing component of rel before the last
+// is a symlink leading outside the workspace. Missing components are fine.
+func (c *pathChecker) checkParents(ctx context.Context, rel string) error {
+	parts := strings.Split(rel, "/")
+	for i := 1; i < len(parts); i++ {
+		prefix := strings.Join(parts[:i], "/")
+		st, err := c.lstat(ctx, prefix)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if st.Mode&os.ModeSymlink != 0 && !inWorkspace(path.Clean(st.LinkTarget)) {
+			return runtime.EscapeError(rel)
+		}
+	}
+	return nil
+}
+
+// resolve returns the stat of rel, following a final symlink as long as it
+// stays inside the workspace. errdefs.ErrNotFound if missing, "path_escape"
+// if it or a parent leads outside.
+func (d *Driver) resolve(ctx context.Context, name, rel string) (container.PathStat, error) {
+	c := d.newPathChecker(name)
+	if err := c.checkParents(ctx, rel); err != nil {
+		return container.PathStat{}, err
+	}
+	st, err := c.lstat(ctx, rel)
+	if err != nil {
+		return st, err
+	}
+	if st.Mode&os.ModeSymlink == 0 {
+		return st, nil
+	}
+	target := path.Clean(st.LinkTarget)
+	if !inWorkspace(target) {
+		return st, runtime.EscapeError(rel)
+	}
+	return c.lstat(ctx, strings.TrimPrefix(strings.TrimPrefix(target, runtime.WorkspaceDir), "/"))
+}
+
+// CopyOut returns a tar stream of path, with entries named relative to its
+// parent ("src/", "src/main.go"); the workspace root itself is archived as
+// "./". A final symlink is archived as a symlink. Errors:
+// errdefs.ErrNotFound (no workspace or no such path), "path_escape".
+func (d *Driver) CopyOut(ctx context.Context, id, p string) (io.ReadCloser, error) {
+	if err := checkID(id); err != nil {
+		return nil, errdefs.NotFound("workspace %s not found", id)
+	}
+	rel, err := runtime.CleanPath(p)
+	if err != nil {
+		return nil, err
+	}
+	name := d.objectName(id)
+	if rel != "" {
+		c := d.newPathChecker(name)
+		if err := c.checkParents(ctx, rel); err != nil {
+			return nil, err
+		}
+		if _, err := c.lstat(ctx, rel); err != nil {
+			if errors.Is(err, errdefs.ErrNotFound) {
+				if _, ierr := d.cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{}); ierr != nil {
+					return nil, engineErr(ierr, "copy out of workspace %s", id)
+				}
+				return nil, errdefs.NotFound("%q not found in workspace %s", p, id)
+			}
+			return nil, err
+		}
+	}
+	res, err := d.cli.CopyFromContainer(ctx, name, client.CopyFromContainerOptions{SourcePath: path.Join(runtime.WorkspaceDir, rel)})
+	if err != nil {
+		return nil, engineErr(err, "copy %q out of workspace %s", p, id)
+	}
+	if rel != "" {
+		return res.Content, nil
+	}
+	// The engine names the root's entries "workspace/...": rename them "./...".
+	pr, pw := io.Pipe()
+	go func() {
+		err := renameEntries(pw, res.Content, path.Base(runtime.WorkspaceDir))
+		res.Content.Close()
+		pw.CloseWithError(err)
+	}()
+	return pr, nil
+}
+
+// renameEntries copies a tar stream, replacing the leading directory from
+// of every entry name with ".".
+func renameEntries(w io.Writer, r io.Reader, from string) error {
+	tr := tar.NewReader(r)
+	tw := tar.NewWriter(w)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return tw.Close()
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case h.Name == from || h.Name == from+"/":
+			h.Name = "./"
+		case strings.HasPrefix(h.Name, from+"/"):
+			h.Name = "./" + strings.TrimPrefix(h.Name, from+"/")
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if _, err := io.Copy(tw, tr); err != nil {
+			return err
+		}
+	}
+}
+
+// CopyIn extracts a tar stream into dir (created if missing). Entries are
+// checked as they are read, before anything is written: an entry with an
+// absolute or climbing name, a hard link leading outside, or an entry that
+// would be written through a symlink leading outside the workspace (one that
+// exists, or one made earlier in the same stream) fails the whole call with
+// "path_escape" and writes nothing. Symlinks themselves may point anywhere:
+// only using them to leave the workspace is refused. Errors also:
+// errdefs.ErrNotFound (no workspace), errdefs.ErrInvalidArgument (a
+// malformed tar, device files, or dir is a file).
+func (d *Driver) CopyIn(ctx context.Context, id, dir string, r io.Reader) error {
+	if err := checkID(id); err != nil {
+		return errdefs.NotFound("workspace %s not found", id)
+	}
+	rel, err := runtime.CleanPath(dir)
+	if err != nil {
+		return err
+	}
+	name := d.objectName(id)
+	if _, err := d.cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{}); err != nil {
+		return engineErr(err, "copy into workspace %s", id)
+	}
+	c := d.newPathChecker(name)
+	if rel != "" {
+		if err := c.checkParents(ctx, rel+"/x"); err != nil {
+			return err
+		}
+		if st, err := c.lstat(ctx, rel); err == nil && !st.Mode.IsDir() && st.Mode&os.ModeSymlink == 0 {
+			return errdefs.Invalid("not_a_directory", "%q is not a directory", dir)
+		}
+	}
+	spool, err := os.CreateTemp("", "corral-copyin-*.tar")
+	if err != nil {
+		return fmt.Errorf("copy into workspace %s: spool: %w", id, err)
+	}
+	defer os.Remove(spool.Name())
+	defer spool.Close()
+	if err := d.checkTar(ctx, c, rel, r, spool); err != nil {
+		return err
+	}
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("copy into workspace %s: spool: %w", id, err)
+	}
+	// The checked stream names entries from the container's root
+	// ("workspace/dir/..."): the engine's own check on symlinks is then
+	// relative to the root, so links that point out (allowed to exist) can
+	// be made; ours above is the one that guards the workspace.
+	_, err = d.cli.CopyToContainer(ctx, name, client.CopyToContainerOptions{DestinationPath: "/", Content: spool})
+	if err != nil {
+		return engineErr(err, "copy into %q of workspace %s", dir, id)
+	}
+	return nil
+}
+
+// checkTar reads the stream, refuses it if an entry escapes, and writes it
+// to w with entries renamed relative to the container's root. Parents
+// missing from the stream get directory entries, so they are created.
+func (d *Driver) checkTar(ctx context.Context, c *pathChecker, dir string, r io.Reader, w io.Writer) error {
+	tr := tar.NewReader(r)
+	tw := tar.NewWriter(w)
+	root := strings.TrimPrefix(runtime.WorkspaceDir, "/")
+	links := map[string]string{} // symlinks made by the stream: path → absolute target
+	made := map[string]bool{}    // directories written to w
+	// through checks that the path p (relative to the workspace) can be
+	// written without passing through a symlink that leads out.
+	var through func(p string, depth int) error
+	through = func(p string, depth int) error {
+		if depth > 40 {
+			return runtime.EscapeError(p)
+		}
+		parts := strings.Split(p, "/")
+		for i := 1; i < len(parts); i++ {
+			prefix := strings.Join(parts[:i], "/")
+			if target, ok := links[prefix]; ok {
+				if !inWorkspace(target) {
+					return runtime.EscapeError(p)
+				}
+				t := strings.TrimPrefix(strings.TrimPrefix(target, runtime.WorkspaceDir), "/")
+				rest := strings.Join(parts[i:], "/")
+				return through(path.Join(t, rest), depth+1)
+			}
+			if err := c.checkParents(ctx, prefix+"/x"); err != nil {
+				return runtime.EscapeError(p)
+			}
+		}
+		return nil
+	}
+	mkdirs := func(p string) error {
+		parts := strings.Split(p, "/")
+		for i := 1; i < len(parts); i++ {
+			prefix := strings.Join(parts[:i], "/")
+			if made[prefix] || links[prefix] != "" {
+				continue
+			}
+			if _, err := c.lstat(ctx, prefix); err == nil {
+				continue
+			}
+			made[prefix] = true
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: root + "/" + prefix + "/", Mode: 0o755, ModTime: time.Now()}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if dir != "" {
+		if err := mkdirs(dir + "/x"); err != nil {
+			return fmt.Errorf("spool tar: %w", err)
+		}
+	}
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return errdefs.Invalid("invalid_tar", "read tar: %v", err)
+		}
+		name, err := entryName(h.Name)
+		if err != nil {
+			return err
+		}
+		if name == "" {
+			continue
+		}
+		full := path.Join(dir, name)
+		if err := through(full, 0); err != nil {
+			return runtime.EscapeError(h.Name)
+		}
+		switch h.Typeflag {
+		case tar.TypeSymlink:
+			target := h.Linkname
+			if !path.IsAbs(target) {
+				target = path.Join(runtime.WorkspaceDir, path.Dir(full), target)
+			}
+			links[full] = path.Clean(target)
+		case tar.TypeLink:
+			ln, err := entryName(h.Linkname)
+			if err != nil || ln == "" {
+				return runtime.EscapeError(h.Name)
+			}
+			ln = path.Join(dir, ln)
+			if err := through(ln, 0); err != nil {
+				return runtime.EscapeError(h.Name)
+			}
+			h.Linkname = root + "/" + ln
+		case tar.TypeReg, tar.TypeRegA, tar.TypeDir, tar.TypeFifo:
+		default:
+			return errdefs.Invalid("invalid_tar", "tar entry %q: type %q is not allowed", h.Name, string(h.Typeflag))
+		}
+		if err := mkdirs(full); err != nil {
+			return fmt.Errorf("spool tar: %w", err)
+		}
+		h.Name = root + "/" + full
+		if h.Typeflag == tar.TypeDir {
+			h.Name += "/"
+			made[full] = true
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return fmt.Errorf("spool tar: %w", err)
+		}
+		if _, err := io.Copy(tw, tr); err != nil {
+			return errdefs.Invalid("invalid_tar", "read tar entry %q: %v", h.Name, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return fmt.Errorf("spool tar: %w", err)
+	}
+	return nil
+}
+
+// entryName cleans a tar entry name; absolute or climbing names are refused.
+func entryName(n string) (string, error) {
+	if n == "" {
+		return "", errdefs.Invalid("invalid_tar", "tar entry with an empty name")
+	}
+	if path.IsAbs(n) || strings.ContainsRune(n, 0) {
+		return "", runtime.EscapeError(n)
+	}
+	for _, part := range strings.Split(n, "/") {
+		if part == ".." {
+			return "", runtime.EscapeError(n)
+		}
+	}
+	c := path.Clean(n)
+	if c == "." {
+		return "", nil
+	}
+	return c, nil
+}
