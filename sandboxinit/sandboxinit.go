@@ -3,23 +3,124 @@
 // read-only into containers and run it there; the process driver starts it in
 // the workspace's namespaces. As PID 1 it reaps every orphaned process, so no
 // zombie outlives its command, and exits when told to stop.
+//
+// Without flags it only reaps (what container drivers run). With --serve it
+// is the process driver's per-workspace supervisor: it sets up the
+// namespaces it was started in (loopback, /proc, hostname), applies
+// RLIMIT_NOFILE, optionally runs the egress forwarder (--proxy), and starts
+// commands on request over a unix socket (see Request and Reply).
 package sandboxinit
 
 import (
+	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
 )
 
+// Flags are the options of `corral init`.
+type Flags struct {
+	Serve    string // unix socket to serve exec requests on; "" = reap only
+	ReadyFD  int    // fd to write "ok" (or an error) to once set up, then close
+	Proc     bool   // make mounts private and mount a fresh /proc (new mount+pid namespaces)
+	Loopback bool   // bring up lo (new network namespace)
+	Hostname string // set the hostname (new UTS namespace)
+	NoFile   int64  // RLIMIT_NOFILE (soft and hard) for every command; 0 = inherit
+	Proxy    string // unix socket of the egress proxy; runs Forward on runtime.ProxyListenAddr
+	Check    bool   // set up as for Serve, report, and exit: probes what the host allows
+	// UnmountUnder and Keep: with Proc, detach every mount below
+	// UnmountUnder except Keep, so that other workspaces' file systems are
+	// neither visible nor held busy by this mount namespace.
+	UnmountUnder string
+	Keep         string
+}
+
+// Args returns the command-line arguments (after "init") that Main parses
+// back into f.
+func (f Flags) Args() []string {
+	var a []string
+	if f.Serve != "" {
+		a = append(a, "--serve", f.Serve)
+	}
+	if f.ReadyFD > 0 {
+		a = append(a, "--ready-fd", fmt.Sprint(f.ReadyFD))
+	}
+	if f.Proc {
+		a = append(a, "--proc")
+	}
+	if f.Loopback {
+		a = append(a, "--loopback")
+	}
+	if f.Hostname != "" {
+		a = append(a, "--hostname", f.Hostname)
+	}
+	if f.NoFile > 0 {
+		a = append(a, "--nofile", fmt.Sprint(f.NoFile))
+	}
+	if f.Proxy != "" {
+		a = append(a, "--proxy", f.Proxy)
+	}
+	if f.Check {
+		a = append(a, "--check")
+	}
+	if f.UnmountUnder != "" {
+		a = append(a, "--unmount-under", f.UnmountUnder)
+	}
+	if f.Keep != "" {
+		a = append(a, "--keep", f.Keep)
+	}
+	return a
+}
+
+func parseFlags(args []string, stderr io.Writer) (Flags, error) {
+	var f Flags
+	fs := flag.NewFlagSet("corral init", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: corral init [flags]   (PID 1 of a sandbox: reaps zombies until SIGTERM)")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&f.Serve, "serve", "", "serve exec requests on this unix socket (process runtime supervisor)")
+	fs.IntVar(&f.ReadyFD, "ready-fd", 0, "write \"ok\" or an error to this fd once set up, then close it")
+	fs.BoolVar(&f.Proc, "proc", false, "make mounts private and mount a fresh /proc")
+	fs.BoolVar(&f.Loopback, "loopback", false, "bring up the loopback interface")
+	fs.StringVar(&f.Hostname, "hostname", "", "set the hostname")
+	fs.Int64Var(&f.NoFile, "nofile", 0, "RLIMIT_NOFILE for every command")
+	fs.StringVar(&f.Proxy, "proxy", "", "relay "+proxyAddr+" to the egress proxy at this unix socket")
+	fs.BoolVar(&f.Check, "check", false, "set up, report on --ready-fd or stderr, and exit")
+	fs.StringVar(&f.UnmountUnder, "unmount-under", "", "with --proc, detach every mount below this directory ...")
+	fs.StringVar(&f.Keep, "keep", "", "... except this one")
+	if err := fs.Parse(args); err != nil {
+		return f, err
+	}
+	if fs.NArg() > 0 {
+		return f, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return f, nil
+}
+
 // Main runs `corral init` with the arguments after "init" and returns the
 // exit code.
 func Main(args []string) int {
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-		fmt.Fprintln(os.Stderr, "usage: corral init   (PID 1 of a sandbox: reaps zombies until SIGTERM)")
+	f, err := parseFlags(args, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
-	reapForever()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "corral init:", err)
+		return 2
+	}
+	if f.Serve == "" && !f.Check {
+		reapForever()
+		return 0
+	}
+	if err := supervise(f); err != nil {
+		fmt.Fprintln(os.Stderr, "corral init:", err)
+		return 1
+	}
 	return 0
 }
 

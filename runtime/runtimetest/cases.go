@@ -336,7 +336,7 @@ func (s *suite) testCwd(t *testing.T) {
 	if h := strings.TrimSpace(s.mustSh(t, id, "echo $HOME")); h != home {
 		t.Errorf("default cwd %q is not $HOME %q", home, h)
 	}
-	for _, cwd := range []string{"sub/dir", "/sub/dir", "./sub/../sub/dir"} {
+	for _, cwd := range []string{"sub/dir", "/sub/dir", "./sub//dir/"} {
 		r := s.run(t, id, runtime.ExecSpec{Argv: []string{"pwd"}, Cwd: cwd})
 		if r.ExitCode != 0 || strings.TrimSpace(r.Stdout) != home+"/sub/dir" {
 			t.Errorf("pwd in %q: %+v %q, want %q", cwd, r.ExitResult, r.Stdout, home+"/sub/dir")

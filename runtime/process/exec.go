@@ -1,0 +1,468 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/policy"
+	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/sandboxinit"
+	"golang.org/x/sys/unix"
+)
+
+// outputGrace is how long Wait keeps reading output after the command
+// exited, for background processes that still hold its stdout or stderr.
+// Past it, Wait returns and the rest of their output is dropped.
+const outputGrace = 2 * time.Second
+
+// Exec starts a command in a running workspace through its supervisor.
+// errdefs.ErrNotFound for an unknown workspace, ErrFailedPrecondition if it
+// is not running, ErrInvalidArgument (code "path_escape") for a Cwd outside
+// the workspace.
+func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (runtime.Process, error) {
+	m, err := d.loadMeta(id)
+	if err != nil {
+		return nil, err
+	}
+	if len(spec.Argv) == 0 {
+		return nil, errdefs.Invalid("invalid_exec", "argv is empty")
+	}
+	dir, err := d.resolveCwd(id, spec.Cwd)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: d.sockPath(id), Net: "unixpacket"})
+	if err != nil {
+		if !fileExists(d.metaPath(id)) {
+			d.forget(id)
+			return nil, errdefs.NotFound("workspace %q not found", id)
+		}
+		if d.running(id) == nil {
+			return nil, errdefs.New(errdefs.ErrFailedPrecondition, "not_running", "workspace %q is not running", id)
+		}
+		return nil, errdefs.New(errdefs.ErrUnavailable, "unavailable", "workspace %s: cannot reach its supervisor: %v", id, err)
+	}
+	p := &process{
+		d: d, id: id, conn: conn, tty: spec.TTY,
+		done: make(chan struct{}), exited: make(chan sandboxinit.Reply, 1),
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			p.closeAll()
+		}
+	}()
+	childFds, err := p.stdio(spec)
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", id, err)
+	}
+	req := sandboxinit.Request{
+		Op: sandboxinit.OpExec, Argv: spec.Argv, Dir: dir, TTY: spec.TTY,
+		Env: d.env(m, spec),
+	}
+	fds := make([]int, len(childFds))
+	for i, f := range childFds {
+		fds[i] = int(f.Fd())
+	}
+	p.oomBefore, p.oomKnown = d.cg.oomKills(id)
+	err = sandboxinit.Send(conn, req, fds...)
+	for _, f := range childFds {
+		f.Close()
+	}
+	if err != nil {
+		return nil, errdefs.New(errdefs.ErrUnavailable, "unavailable", "exec in %s: %v", id, err)
+	}
+	var started sandboxinit.Reply
+	if fds, err := sandboxinit.Receive(conn, &started); err != nil {
+		unixCloseAll(fds)
+		return nil, errdefs.New(errdefs.ErrUnavailable, "unavailable", "exec in %s: supervisor: %v", id, err)
+	}
+	if started.Op != sandboxinit.OpStarted {
+		return nil, fmt.Errorf("exec in %s: supervisor: %s", id, started.Error)
+	}
+	ok = true
+	p.run(ctx, spec)
+	return p, nil
+}
+
+func unixCloseAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// resolveCwd turns a Cwd relative to the workspace root into a host path,
+// refusing escapes through ".." or symlinks.
+func (d *Driver) resolveCwd(id, cwd string) (string, error) {
+	home := d.homeDir(id)
+	c, err := runtime.CleanPath(cwd)
+	if err != nil {
+		return "", err
+	}
+	if c == "" {
+		return home, nil
+	}
+	root, err := os.OpenRoot(home)
+	if err != nil {
+		return "", fmt.Errorf("exec in %s: %w", id, err)
+	}
+	defer root.Close()
+	fi, err := root.Stat(c)
+	if err != nil {
+		if isEscape(err) {
+			return "", runtime.EscapeError(cwd)
+		}
+		if errors.Is(err, os.ErrNotExist) {
+			return "", errdefs.Invalid("invalid_cwd", "working directory %q does not exist", cwd)
+		}
+		return "", fmt.Errorf("exec in %s: %w", id, err)
+	}
+	if !fi.IsDir() {
+		return "", errdefs.Invalid("invalid_cwd", "working directory %q is not a directory", cwd)
+	}
+	return filepath.Join(home, c), nil
+}
+
+// env is a command's environment: a clean base, the proxy settings for
+// network mode allowlist, the workspace's env, then the command's.
+func (d *Driver) env(m *meta, spec runtime.ExecSpec) []string {
+	e := map[string]string{
+		"PATH": defaultPath,
+		"HOME": d.homeDir(m.ID),
+		"LANG": "C.UTF-8",
+	}
+	if spec.TTY {
+		e["TERM"] = "xterm"
+	}
+	if m.Policy.Network.Mode == policy.NetworkAllowlist {
+		maps.Copy(e, runtime.ProxyEnv())
+	}
+	maps.Copy(e, m.Env)
+	maps.Copy(e, spec.Env)
+	out := make([]string, 0, len(e))
+	for _, k := range slices.Sorted(maps.Keys(e)) {
+		out = append(out, k+"="+e[k])
+	}
+	return out
+}
+
+// process is a command started by Exec.
+type process struct {
+	d    *Driver
+	id   string
+	conn *net.UnixConn
+	tty  bool
+
+	master *os.File // pty master (TTY)
+	// Our ends of the pipes (no TTY); nil when the caller's writer is nil.
+	stdinW, stdoutR, stderrR *os.File
+	copiers                  sync.WaitGroup // stdout/stderr copiers
+
+	oomBefore uint64
+	oomKnown  bool
+
+	exited   chan sandboxinit.Reply
+	sendMu   sync.Mutex
+	timedOut bool // under sendMu
+	done     chan struct{}
+	res      runtime.ExitResult
+	err      error
+}
+
+// stdio makes the command's stdio: pipes to the caller's readers and
+// writers, or a pty. It returns the child's ends, which the caller closes
+// once they are sent.
+func (p *process) stdio(spec runtime.ExecSpec) ([]*os.File, error) {
+	if spec.TTY {
+		master, slave, err := openPTY()
+		if err != nil {
+			return nil, err
+		}
+		p.master = master
+		if spec.Size.Cols > 0 && spec.Size.Rows > 0 {
+			if err := setWinsize(master, spec.Size); err != nil {
+				slave.Close()
+				return nil, err
+			}
+		}
+		return []*os.File{slave}, nil
+	}
+	var child []*os.File
+	fail := func(err error) ([]*os.File, error) {
+		for _, f := range child {
+			f.Close()
+		}
+		return nil, err
+	}
+	devnull := func(flag int) (*os.File, error) { return os.OpenFile(os.DevNull, flag, 0) }
+	if spec.Stdin == nil {
+		f, err := devnull(os.O_RDONLY)
+		if err != nil {
+			return fail(err)
+		}
+		child = append(child, f)
+	} else {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return fail(err)
+		}
+		child = append(child, r)
+		p.stdinW = w
+	}
+	for _, out := range []struct {
+		w   io.Writer
+		our **os.File
+	}{{spec.Stdout, &p.stdoutR}, {spec.Stderr, &p.stderrR}} {
+		if out.w == nil {
+			f, err := devnull(os.O_WRONLY)
+			if err != nil {
+				return fail(err)
+			}
+			child = append(child, f)
+			continue
+		}
+		r, w, err := os.Pipe()
+		if err != nil {
+			return fail(err)
+		}
+		child = append(child, w)
+		*out.our = r
+	}
+	return child, nil
+}
+
+// run starts the copiers and the goroutine that waits for the exit.
+func (p *process) run(ctx context.Context, spec runtime.ExecSpec) {
+	copyOut := func(w io.Writer, r *os.File) {
+		p.copiers.Add(1)
+		go func() {
+			defer p.copiers.Done()
+			_, _ = io.Copy(w, r)
+		}()
+	}
+	if p.master != nil {
+		if spec.Stdout != nil {
+			copyOut(spec.Stdout, p.master)
+		} else {
+			copyOut(io.Discard, p.master)
+		}
+		if spec.Stdin != nil {
+			go func() {
+				_, err := io.Copy(p.master, spec.Stdin)
+				if err == nil {
+					// End of input on a terminal is ^D (VEOF).
+					_, _ = p.master.Write([]byte{4})
+				}
+			}()
+		}
+	} else {
+		if p.stdoutR != nil {
+			copyOut(spec.Stdout, p.stdoutR)
+		}
+		if p.stderrR != nil {
+			copyOut(spec.Stderr, p.stderrR)
+		}
+		if p.stdinW != nil {
+			go func() {
+				_, _ = io.Copy(p.stdinW, spec.Stdin)
+				p.stdinW.Close()
+			}()
+		}
+	}
+	go func() {
+		var r sandboxinit.Reply
+		for {
+			fds, err := sandboxinit.Receive(p.conn, &r)
+			unixCloseAll(fds)
+			if err != nil {
+				close(p.exited)
+				return
+			}
+			if r.Op == sandboxinit.OpExit {
+				p.exited <- r
+				return
+			}
+		}
+	}()
+	go p.wait(ctx, spec.Timeout)
+}
+
+// wait waits for the exit, killing the command on timeout or when ctx ends,
+// then for the output, and records the result.
+func (p *process) wait(ctx context.Context, timeout time.Duration) {
+	defer close(p.done)
+	var timer <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		timer = t.C
+	}
+	var (
+		r   sandboxinit.Reply
+		got bool
+	)
+loop:
+	for {
+		select {
+		case r, got = <-p.exited:
+			break loop
+		case <-timer:
+			timer = nil
+			p.sendMu.Lock()
+			p.timedOut = true
+			p.sendMu.Unlock()
+			p.send(sandboxinit.Request{Op: sandboxinit.OpKill})
+		case <-ctx.Done():
+			p.send(sandboxinit.Request{Op: sandboxinit.OpKill})
+			ctx = context.Background()
+		}
+	}
+	// Output: the command's own copies of the pipes are closed; wait for
+	// what is in flight, but not for background processes that keep them.
+	if p.stdinW != nil {
+		p.stdinW.Close()
+	}
+	waited := make(chan struct{})
+	go func() { p.copiers.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(outputGrace):
+		p.closeAll()
+		<-waited
+	}
+	p.closeAll()
+	if !got {
+		p.err = errdefs.New(errdefs.ErrUnavailable, "unavailable",
+			"workspace %s: the supervisor went away before the command's exit (workspace stopped?)", p.id)
+		return
+	}
+	p.sendMu.Lock()
+	p.res = runtime.ExitResult{ExitCode: r.ExitCode, TimedOut: p.timedOut}
+	p.sendMu.Unlock()
+	if r.Signal != 0 {
+		p.res = runtime.SignalResult(syscall.Signal(r.Signal))
+		p.res.TimedOut = p.timedOut
+	}
+	if p.oomKnown && (r.Signal == int(syscall.SIGKILL) || r.ExitCode == 128+int(syscall.SIGKILL)) {
+		if n, ok := p.d.cg.oomKills(p.id); ok && n > p.oomBefore {
+			p.res.OOMKilled = true
+		}
+	}
+}
+
+// closeAll releases the connection and our ends of the stdio. Safe to call
+// more than once.
+func (p *process) closeAll() {
+	p.sendMu.Lock()
+	defer p.sendMu.Unlock()
+	for _, f := range []*os.File{p.master, p.stdinW, p.stdoutR, p.stderrR} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	if p.conn != nil {
+		p.conn.Close()
+	}
+}
+
+// send sends a control message; after the exit it is a no-op.
+func (p *process) send(req sandboxinit.Request) {
+	p.sendMu.Lock()
+	defer p.sendMu.Unlock()
+	_ = sandboxinit.Send(p.conn, req)
+}
+
+// Wait blocks until the command exited and its output was delivered, and
+// returns the same result to every caller.
+func (p *process) Wait() (runtime.ExitResult, error) {
+	<-p.done
+	return p.res, p.err
+}
+
+// Signal sends sig to the command's process group. Sending to an exited
+// command is not an error.
+func (p *process) Signal(ctx context.Context, sig runtime.Signal) error {
+	n := sig.Num()
+	if n == 0 {
+		return errdefs.Invalid("invalid_signal", "unknown signal %q", sig)
+	}
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	p.send(sandboxinit.Request{Op: sandboxinit.OpSignal, Signal: int(n)})
+	return nil
+}
+
+// Resize changes the terminal size; errdefs.ErrFailedPrecondition without a
+// TTY. Resizing an exited command is not an error.
+func (p *process) Resize(ctx context.Context, size runtime.WindowSize) error {
+	if !p.tty {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "no_tty", "the command has no terminal")
+	}
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	if err := setWinsize(p.master, size); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("resize terminal: %w", err)
+	}
+	return nil
+}
+
+// openPTY opens a new pseudo-terminal pair. The master is non-blocking (so
+// reads go through Go's poller); the slave is for the command.
+func openPTY() (master, slave *os.File, err error) {
+	mfd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open pty: %w", err)
+	}
+	if err := unix.IoctlSetPointerInt(mfd, unix.TIOCSPTLCK, 0); err != nil {
+		unix.Close(mfd)
+		return nil, nil, fmt.Errorf("unlock pty: %w", err)
+	}
+	sfd, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(mfd), unix.TIOCGPTPEER, uintptr(unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC))
+	if errno != 0 {
+		n, err := unix.IoctlGetInt(mfd, unix.TIOCGPTN)
+		if err != nil {
+			unix.Close(mfd)
+			return nil, nil, fmt.Errorf("pty number: %w", err)
+		}
+		s, err := unix.Open(fmt.Sprintf("/dev/pts/%d", n), unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			unix.Close(mfd)
+			return nil, nil, fmt.Errorf("open pty slave: %w", err)
+		}
+		sfd = uintptr(s)
+	}
+	return os.NewFile(uintptr(mfd), "ptmx"), os.NewFile(sfd, "pts"), nil
+}
+
+// setWinsize sets a pty's size without taking the fd out of the poller.
+func setWinsize(f *os.File, size runtime.WindowSize) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	err = rc.Control(func(fd uintptr) {
+		ierr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: size.Rows, Col: size.Cols})
+	})
+	if err != nil {
+		return err
+	}
+	return ierr
+}

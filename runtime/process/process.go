@@ -1,0 +1,773 @@
+// Package process is the runtime driver that runs workspaces as plain OS
+// processes, isolated with Linux namespaces and cgroups where the host
+// allows, with no container engine.
+//
+// A workspace is a directory, DataDir/workspaces/ID, whose home/ holds the
+// workspace's files; commands run with it as HOME and working directory.
+// Starting a workspace starts its supervisor, `corral init --serve`, in new
+// mount, pid, ipc, uts and (for network modes none and allowlist) network
+// namespaces, inside the workspace's cgroups. The supervisor is PID 1 there:
+// it reaps orphans and starts each command on request with stdio fds that
+// the driver passes over a unix socket, so output flows straight from the
+// command to the driver and an exec costs about one fork. Stopping kills the
+// supervisor and with it the whole pid namespace. Supervisors run in their
+// own session and survive a server restart; a new driver on the same
+// DataDir finds them again through their pid file and socket.
+//
+// What this driver does not isolate: the file system. Commands see the
+// host's files (read-write, as the server's user) besides their workspace;
+// use a container runtime where that matters.
+package process
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/policy"
+	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/sandboxinit"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+)
+
+func init() { runtime.Register("process", New) }
+
+// Name is the name the driver registers under.
+const Name = "process"
+
+// Driver runs workspaces as processes. Open it with New (or runtime.Open).
+type Driver struct {
+	dataDir  string
+	serverID string
+	initPath string
+	log      hclog.Logger
+	caps     runtime.Capabilities
+	ns       nsConfig
+	cg       *cgroupHost // nil: no cgroups here
+	disk     bool        // loop-mounted ext4 images work
+
+	mu       sync.Mutex
+	children map[string]*supervisorProc // supervisors this driver started (it must reap them)
+	metas    map[string]*meta           // cache of workspaces' meta.json
+}
+
+// supervisorProc is a supervisor started by this driver.
+type supervisorProc struct {
+	pid  int
+	done chan struct{} // closed once reaped
+}
+
+// meta is what a workspace keeps in meta.json; it never changes after
+// Create.
+type meta struct {
+	ID          string            `json:"id"`
+	ServerID    string            `json:"server_id"`
+	CreatedAt   time.Time         `json:"created_at"`
+	Env         map[string]string `json:"env,omitempty"`
+	Policy      policy.Policy     `json:"policy"`
+	ProxySocket string            `json:"proxy_socket,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Disk        bool              `json:"disk,omitempty"` // home is a loop-mounted image
+}
+
+// pidFile is init.json: the running supervisor.
+type pidFile struct {
+	Pid       int       `json:"pid"`
+	StartTime uint64    `json:"start_time"` // from /proc/PID/stat, against pid reuse
+	StartedAt time.Time `json:"started_at"`
+	Socket    string    `json:"socket"`
+	PidNS     bool      `json:"pid_ns"`
+}
+
+// nsConfig is which namespaces supervisors get on this host.
+type nsConfig struct {
+	ok      bool // mount, pid, ipc, uts (and net when asked) namespaces work
+	userns  bool // they need a user namespace (not root)
+	why     string
+	netWhy  string
+	netOK   bool
+	probeMs float64
+}
+
+var idRE = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
+
+// New opens the process driver on cfg.DataDir. It probes what the host
+// allows (root, namespaces, cgroups, loop devices) and reports it in
+// Capabilities; it fails only if DataDir is unusable or the init binary
+// cannot be found.
+func New(cfg runtime.Config) (runtime.Runtime, error) {
+	if cfg.DataDir == "" {
+		return nil, errdefs.Invalid("invalid_config", "process runtime: DataDir is required")
+	}
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("process runtime: data dir: %w", err)
+	}
+	initPath := cfg.InitPath
+	if initPath == "" {
+		if initPath, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("process runtime: find corral binary for init: %w", err)
+		}
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	d := &Driver{
+		dataDir:  dataDir,
+		serverID: cfg.ServerID,
+		initPath: initPath,
+		log:      log.Named("process"),
+		children: map[string]*supervisorProc{},
+		metas:    map[string]*meta{},
+	}
+	for _, dir := range []string{d.wsRoot(), filepath.Join(dataDir, "sock")} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("process runtime: %w", err)
+		}
+	}
+	if len(d.sockPath(strings.Repeat("x", 64))) > 107 {
+		return nil, errdefs.Invalid("invalid_config", "process runtime: data dir %s is too long for unix socket paths", dataDir)
+	}
+	d.probe()
+	d.log.Info("process runtime ready", "data_dir", dataDir, "isolation", d.caps.Isolation,
+		"network", fmt.Sprint(d.caps.Policy.Network), "why", fmt.Sprint(d.caps.Policy.Why))
+	return d, nil
+}
+
+var _ runtime.Runtime = (*Driver)(nil)
+var _ runtime.PathRemover = (*Driver)(nil)
+
+// Name is "process".
+func (d *Driver) Name() string { return Name }
+
+// Capabilities reports what the host allowed when the driver was opened.
+func (d *Driver) Capabilities() runtime.Capabilities { return d.caps }
+
+// Close releases nothing: supervisors keep running, and are found again by
+// the next driver opened on the same DataDir.
+func (d *Driver) Close() error { return nil }
+
+// probe measures what this host allows and fills d.caps.
+func (d *Driver) probe() {
+	why := map[string]string{}
+	root := os.Geteuid() == 0
+	d.ns = d.probeNamespaces(root)
+	d.cg, why["cgroup"] = probeCgroups(root)
+	d.disk, why["disk"] = probeDisk(root)
+
+	sup := policy.Support{NoFile: true, Network: []policy.Mode{policy.NetworkOpen}}
+	if d.ns.netOK {
+		sup.Network = []policy.Mode{policy.NetworkNone, policy.NetworkAllowlist, policy.NetworkOpen}
+	} else {
+		why["network:none"] = d.ns.netWhy
+		why["network:allowlist"] = d.ns.netWhy
+	}
+	if d.cg != nil {
+		sup.Memory, sup.CPU, sup.Pids = d.cg.memory != "", d.cg.cpu != "", d.cg.pids != ""
+		if !sup.Memory {
+			why["memory"] = "no memory cgroup controller available"
+		}
+		if !sup.CPU {
+			why["cpu"] = "no cpu cgroup controller available"
+		}
+		if !sup.Pids {
+			why["pids"] = "no pids cgroup controller available"
+		}
+	} else {
+		for _, k := range []string{"memory", "cpu", "pids"} {
+			why[k] = why["cgroup"]
+		}
+	}
+	delete(why, "cgroup")
+	sup.Disk = d.disk
+	if d.disk {
+		delete(why, "disk")
+	}
+	for k, v := range why {
+		if v == "" {
+			delete(why, k)
+		}
+	}
+	if len(why) > 0 {
+		sup.Why = why
+	}
+	iso := "plain processes (no namespaces: " + d.ns.why + ")"
+	if d.ns.ok {
+		iso = "namespaces: mount, pid, ipc, uts"
+		if d.ns.netOK {
+			iso += ", net"
+		}
+		if d.ns.userns {
+			iso += ", user"
+		}
+	}
+	if d.cg != nil {
+		iso += "; cgroup " + d.cg.version
+	}
+	if d.disk {
+		iso += "; disk: loop-mounted ext4"
+	}
+	_, ptyErr := os.Stat("/dev/ptmx")
+	d.caps = runtime.Capabilities{Policy: sup, TTY: ptyErr == nil, Isolation: iso}
+}
+
+// probeNamespaces starts `corral init --check` in the namespaces a
+// workspace would get and reports what worked.
+func (d *Driver) probeNamespaces(root bool) nsConfig {
+	c := nsConfig{userns: !root}
+	try := func(net bool) error {
+		cmd := exec.Command(d.initPath, append([]string{"init"}, sandboxinit.Flags{Check: true, Proc: true, Loopback: net, Hostname: "corral-probe"}.Args()...)...)
+		cmd.SysProcAttr = d.sysProcAttr(net, true)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	start := time.Now()
+	if err := try(false); err != nil {
+		c.why = fmt.Sprintf("cannot create namespaces: %v", err)
+		c.netWhy = c.why
+		return c
+	}
+	c.ok = true
+	if err := try(true); err != nil {
+		c.netWhy = fmt.Sprintf("cannot create network namespaces: %v", err)
+	} else {
+		c.netOK = true
+	}
+	c.probeMs = float64(time.Since(start).Microseconds()) / 1000
+	return c
+}
+
+// sysProcAttr is how a supervisor is started: its own session (so it
+// survives the server), and namespaces if the host allows.
+func (d *Driver) sysProcAttr(netns, namespaces bool) *syscall.SysProcAttr {
+	a := &syscall.SysProcAttr{Setsid: true}
+	if !namespaces {
+		return a
+	}
+	a.Cloneflags = syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
+	if netns {
+		a.Cloneflags |= syscall.CLONE_NEWNET
+	}
+	if os.Geteuid() != 0 {
+		a.Cloneflags |= syscall.CLONE_NEWUSER
+		a.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Geteuid(), Size: 1}}
+		a.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getegid(), Size: 1}}
+		a.GidMappingsEnableSetgroups = false
+	}
+	return a
+}
+
+// Paths.
+
+func (d *Driver) wsRoot() string           { return filepath.Join(d.dataDir, "workspaces") }
+func (d *Driver) wsDir(id string) string   { return filepath.Join(d.wsRoot(), id) }
+func (d *Driver) homeDir(id string) string { return filepath.Join(d.wsDir(id), "home") }
+func (d *Driver) metaPath(id string) string {
+	return filepath.Join(d.wsDir(id), "meta.json")
+}
+func (d *Driver) pidPath(id string) string { return filepath.Join(d.wsDir(id), "init.json") }
+func (d *Driver) stoppedPath(id string) string {
+	return filepath.Join(d.wsDir(id), "stopped")
+}
+
+// sockPath is the supervisor's socket. Unix socket paths are short (108
+// bytes), so it lives in DataDir/sock under a hash of the ID.
+func (d *Driver) sockPath(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return filepath.Join(d.dataDir, "sock", hex.EncodeToString(h[:8]))
+}
+
+func checkID(id string) error {
+	if !idRE.MatchString(id) {
+		return errdefs.Invalid("invalid_id", "workspace ID %q must be 1-64 characters of [a-z0-9_-]", id)
+	}
+	return nil
+}
+
+// loadMeta reads a workspace's meta.json (cached). errdefs.ErrNotFound if
+// the workspace does not exist.
+func (d *Driver) loadMeta(id string) (*meta, error) {
+	if err := checkID(id); err != nil {
+		return nil, errdefs.NotFound("workspace %q not found", id)
+	}
+	d.mu.Lock()
+	m := d.metas[id]
+	d.mu.Unlock()
+	if m != nil {
+		return m, nil
+	}
+	b, err := os.ReadFile(d.metaPath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errdefs.NotFound("workspace %q not found", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read workspace %s: %w", id, err)
+	}
+	m = &meta{}
+	if err := json.Unmarshal(b, m); err != nil {
+		return nil, fmt.Errorf("read workspace %s: %w", id, err)
+	}
+	if m.ServerID != d.serverID {
+		return nil, errdefs.NotFound("workspace %q not found", id)
+	}
+	d.mu.Lock()
+	d.metas[id] = m
+	d.mu.Unlock()
+	return m, nil
+}
+
+// lock takes the workspace's lifecycle lock, shared with other drivers on
+// the same DataDir (flock). errdefs.ErrNotFound if it does not exist.
+func (d *Driver) lock(id string) (func(), error) {
+	if _, err := d.loadMeta(id); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(d.wsDir(id), "lock"), os.O_RDONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		d.forget(id)
+		return nil, errdefs.NotFound("workspace %q not found", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lock workspace %s: %w", id, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock workspace %s: %w", id, err)
+	}
+	// Removed while we waited?
+	if _, err := os.Stat(d.metaPath(id)); err != nil {
+		f.Close()
+		d.forget(id)
+		return nil, errdefs.NotFound("workspace %q not found", id)
+	}
+	return func() { f.Close() }, nil
+}
+
+func (d *Driver) forget(id string) {
+	d.mu.Lock()
+	delete(d.metas, id)
+	d.mu.Unlock()
+}
+
+// Create makes the workspace's directory (and, with a disk limit, its
+// size-capped file system) and leaves it stopped. errdefs.ErrAlreadyExists
+// if the ID is taken; errdefs.ErrFailedPrecondition for a policy this host
+// cannot enforce. On failure nothing is left behind.
+func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
+	if err := checkID(spec.ID); err != nil {
+		return err
+	}
+	if err := policy.Check(Name, spec.Policy, d.caps.Policy); err != nil {
+		return err
+	}
+	if spec.Policy.Network.Mode == policy.NetworkAllowlist && spec.ProxySocket == "" {
+		return errdefs.Invalid("invalid_spec", "network mode allowlist needs a proxy socket")
+	}
+	dir := d.wsDir(spec.ID)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return errdefs.New(errdefs.ErrAlreadyExists, "already_exists", "workspace %q already exists", spec.ID)
+		}
+		return fmt.Errorf("create workspace %s: %w", spec.ID, err)
+	}
+	defer func() {
+		if err != nil {
+			if d.disk {
+				_ = unmountDisk(d.homeDir(spec.ID))
+			}
+			_ = os.RemoveAll(dir)
+		}
+	}()
+	m := &meta{
+		ID: spec.ID, ServerID: d.serverID, CreatedAt: time.Now().UTC(),
+		Env: spec.Env, Policy: spec.Policy, ProxySocket: spec.ProxySocket, Labels: spec.Labels,
+		Disk: spec.Policy.Limits.Disk > 0,
+	}
+	if err := os.Mkdir(d.homeDir(spec.ID), 0o755); err != nil {
+		return fmt.Errorf("create workspace %s: %w", spec.ID, err)
+	}
+	if m.Disk {
+		if err := createDisk(ctx, dir, d.homeDir(spec.ID), int64(spec.Policy.Limits.Disk)); err != nil {
+			return fmt.Errorf("create workspace %s: %w", spec.ID, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "lock"), nil, 0o600); err != nil {
+		return fmt.Errorf("create workspace %s: %w", spec.ID, err)
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return fmt.Errorf("create workspace %s: %w", spec.ID, err)
+	}
+	// meta.json is written last: its presence is what makes the workspace exist.
+	if err := writeFileAtomic(d.metaPath(spec.ID), b); err != nil {
+		return fmt.Errorf("create workspace %s: %w", spec.ID, err)
+	}
+	d.log.Info("workspace created", "workspace_id", spec.ID, "network", spec.Policy.Network.Mode, "disk", m.Disk)
+	return nil
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// running returns the workspace's live supervisor, or nil.
+func (d *Driver) running(id string) *pidFile {
+	b, err := os.ReadFile(d.pidPath(id))
+	if err != nil {
+		return nil
+	}
+	var p pidFile
+	if json.Unmarshal(b, &p) != nil || p.Pid <= 0 {
+		return nil
+	}
+	if st, ok := procStartTime(p.Pid); !ok || st != p.StartTime {
+		return nil
+	}
+	return &p
+}
+
+// procStartTime returns the start time of a live (not zombie) process.
+func procStartTime(pid int) (uint64, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is the state, field 3; starttime is field 22.
+	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
+		return 0, false
+	}
+	st, err := strconv.ParseUint(f[19], 10, 64)
+	return st, err == nil
+}
+
+// Start starts the workspace's supervisor. Idempotent; errdefs.ErrNotFound
+// if the workspace does not exist.
+func (d *Driver) Start(ctx context.Context, id string) error {
+	unlock, err := d.lock(id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if d.running(id) != nil {
+		return nil
+	}
+	m, err := d.loadMeta(id)
+	if err != nil {
+		return err
+	}
+	if err := d.start(ctx, m); err != nil {
+		return fmt.Errorf("start workspace %s: %w", id, err)
+	}
+	return nil
+}
+
+func (d *Driver) start(ctx context.Context, m *meta) (err error) {
+	id := m.ID
+	home := d.homeDir(id)
+	if m.Disk {
+		if err := mountDisk(ctx, d.wsDir(id), home); err != nil {
+			return err
+		}
+	}
+	if d.cg != nil {
+		if err := d.cg.create(id, m.Policy.Limits); err != nil {
+			return err
+		}
+	}
+	netns := m.Policy.Network.Mode != policy.NetworkOpen
+	if netns && !d.ns.netOK {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "unsupported_network", "this host cannot create network namespaces: %s", d.ns.netWhy)
+	}
+	sock := d.sockPath(id)
+	flags := sandboxinit.Flags{
+		Serve:   sock,
+		ReadyFD: 3,
+		NoFile:  m.Policy.Limits.NoFile,
+	}
+	if d.ns.ok {
+		flags.Proc = true
+		flags.Loopback = netns
+		flags.Hostname = id
+		flags.UnmountUnder = d.wsRoot()
+		flags.Keep = home
+	}
+	if m.Policy.Network.Mode == policy.NetworkAllowlist {
+		flags.Proxy = m.ProxySocket
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer readyR.Close()
+	logf, err := os.OpenFile(filepath.Join(d.wsDir(id), "init.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		readyW.Close()
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(d.initPath, append([]string{"init"}, flags.Args()...)...)
+	cmd.Dir = home
+	cmd.Env = []string{"PATH=" + defaultPath}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{readyW}
+	cmd.SysProcAttr = d.sysProcAttr(netns, d.ns.ok)
+	err = cmd.Start()
+	readyW.Close()
+	if err != nil {
+		return fmt.Errorf("start supervisor: %w", err)
+	}
+	sp := &supervisorProc{pid: cmd.Process.Pid, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(sp.done)
+		d.mu.Lock()
+		if d.children[id] == sp {
+			delete(d.children, id)
+		}
+		d.mu.Unlock()
+	}()
+	defer func() {
+		if err != nil {
+			_ = syscall.Kill(sp.pid, syscall.SIGKILL)
+			<-sp.done
+			if d.cg != nil {
+				d.cg.killAll(id)
+			}
+		}
+	}()
+	// Into the cgroups before it starts anything: children inherit them.
+	if d.cg != nil {
+		if err := d.cg.join(id, sp.pid); err != nil {
+			return err
+		}
+	}
+	msg := make(chan string, 1)
+	go func() {
+		b := make([]byte, 4096)
+		n, _ := readyR.Read(b)
+		msg <- strings.TrimSpace(string(b[:n]))
+	}()
+	select {
+	case s := <-msg:
+		if s != "ok" {
+			if s == "" {
+				s = "supervisor exited before it was ready (see " + logf.Name() + ")"
+			}
+			return fmt.Errorf("supervisor: %s", s)
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	st, ok := procStartTime(sp.pid)
+	if !ok {
+		return fmt.Errorf("supervisor exited after it was ready (see %s)", logf.Name())
+	}
+	pf := pidFile{Pid: sp.pid, StartTime: st, StartedAt: time.Now().UTC(), Socket: sock, PidNS: d.ns.ok}
+	b, _ := json.Marshal(pf)
+	if err := writeFileAtomic(d.pidPath(id), b); err != nil {
+		return err
+	}
+	_ = os.Remove(d.stoppedPath(id))
+	d.mu.Lock()
+	d.children[id] = sp
+	d.mu.Unlock()
+	d.log.Info("workspace started", "workspace_id", id, "pid", sp.pid)
+	return nil
+}
+
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Stop kills the supervisor and every process of the workspace, and waits
+// until they are gone. Idempotent; errdefs.ErrNotFound if the workspace
+// does not exist.
+func (d *Driver) Stop(ctx context.Context, id string) error {
+	unlock, err := d.lock(id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := d.stop(ctx, id); err != nil {
+		return fmt.Errorf("stop workspace %s: %w", id, err)
+	}
+	return nil
+}
+
+func (d *Driver) stop(ctx context.Context, id string) error {
+	pf := d.running(id)
+	if pf != nil {
+		d.mu.Lock()
+		child := d.children[id]
+		d.mu.Unlock()
+		if pf.PidNS {
+			// PID 1 dying takes the whole pid namespace with it.
+			_ = syscall.Kill(pf.Pid, syscall.SIGKILL)
+		} else {
+			// The supervisor kills its descendants on SIGTERM.
+			_ = syscall.Kill(pf.Pid, syscall.SIGTERM)
+		}
+		if err := d.waitGone(ctx, pf, child); err != nil {
+			return err
+		}
+		d.log.Info("workspace stopped", "workspace_id", id)
+	}
+	if d.cg != nil {
+		d.cg.killAll(id)
+	}
+	if pf != nil || fileExists(d.pidPath(id)) {
+		if err := os.WriteFile(d.stoppedPath(id), nil, 0o600); err != nil {
+			return err
+		}
+	}
+	_ = os.Remove(d.pidPath(id))
+	_ = os.Remove(d.sockPath(id))
+	return nil
+}
+
+// waitGone waits until the supervisor has exited; in a pid namespace the
+// kernel lets PID 1 finish exiting only once every process in it is gone.
+func (d *Driver) waitGone(ctx context.Context, pf *pidFile, child *supervisorProc) error {
+	if child != nil && child.pid == pf.Pid {
+		select {
+		case <-child.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for delay := 100 * time.Microsecond; ; delay = min(2*delay, 20*time.Millisecond) {
+		if st, ok := procStartTime(pf.Pid); !ok || st != pf.StartTime {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pf.Pid, syscall.SIGKILL)
+			deadline = time.Now().Add(10 * time.Second)
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
+
+// Remove stops the workspace and deletes its directory, file system image
+// and cgroups. Idempotent: a missing workspace succeeds.
+func (d *Driver) Remove(ctx context.Context, id string) error {
+	unlock, err := d.lock(id)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	m, err := d.loadMeta(id)
+	if err != nil {
+		return err
+	}
+	if err := d.stop(ctx, id); err != nil {
+		return fmt.Errorf("remove workspace %s: %w", id, err)
+	}
+	if d.cg != nil {
+		if err := d.cg.remove(id); err != nil {
+			return fmt.Errorf("remove workspace %s: %w", id, err)
+		}
+	}
+	// meta.json goes first, so a half-removed workspace no longer exists.
+	if err := os.Remove(d.metaPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove workspace %s: %w", id, err)
+	}
+	d.forget(id)
+	if m.Disk || isMountPoint(d.homeDir(id)) {
+		if err := unmountDisk(d.homeDir(id)); err != nil {
+			return fmt.Errorf("remove workspace %s: %w", id, err)
+		}
+	}
+	if err := os.RemoveAll(d.wsDir(id)); err != nil {
+		return fmt.Errorf("remove workspace %s: %w", id, err)
+	}
+	d.log.Info("workspace removed", "workspace_id", id)
+	return nil
+}
+
+// Inspect reports the workspace's state. errdefs.ErrNotFound if it does not
+// exist.
+func (d *Driver) Inspect(ctx context.Context, id string) (runtime.Status, error) {
+	m, err := d.loadMeta(id)
+	if err != nil {
+		return runtime.Status{}, err
+	}
+	if !fileExists(d.metaPath(id)) {
+		d.forget(id)
+		return runtime.Status{}, errdefs.NotFound("workspace %q not found", id)
+	}
+	return d.status(m), nil
+}
+
+func (d *Driver) status(m *meta) runtime.Status {
+	st := runtime.Status{ID: m.ID, State: runtime.StateCreated, Detail: map[string]string{"dir": d.homeDir(m.ID)}}
+	if pf := d.running(m.ID); pf != nil {
+		st.State = runtime.StateRunning
+		st.StartedAt = pf.StartedAt
+		st.Detail["pid"] = strconv.Itoa(pf.Pid)
+	} else if fileExists(d.stoppedPath(m.ID)) || fileExists(d.pidPath(m.ID)) {
+		st.State = runtime.StateStopped
+	}
+	return st
+}
+
+// List returns every workspace in DataDir created by this server ID.
+func (d *Driver) List(ctx context.Context) ([]runtime.Status, error) {
+	ents, err := os.ReadDir(d.wsRoot())
+	if err != nil {
+		return nil, fmt.Errorf("list workspaces: %w", err)
+	}
+	var out []runtime.Status
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		m, err := d.loadMeta(e.Name())
+		if err != nil {
+			continue // not ours, or half made
+		}
+		out = append(out, d.status(m))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, ctx.Err()
+}

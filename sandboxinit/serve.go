@@ -1,0 +1,588 @@
+package sandboxinit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/corralhq/corral/runtime"
+	"golang.org/x/sys/unix"
+)
+
+const proxyAddr = runtime.ProxyListenAddr
+
+// supervisor is `corral init --serve`: it starts commands and reaps every
+// process of the workspace.
+type supervisor struct {
+	// mu is held while forking and while reaping, so that a command's exit
+	// is never reaped before its pid is registered in execs.
+	mu    sync.Mutex
+	execs map[int]*command
+}
+
+// command is one started command, identified by its pid, which is also its
+// session and process group ID (it is started with setsid).
+type command struct {
+	pid    int
+	mu     sync.Mutex
+	exited bool
+	done   chan syscall.WaitStatus
+}
+
+// supervise sets up the sandbox as f says, reports readiness on f.ReadyFD
+// and serves exec requests until SIGTERM.
+func supervise(f Flags) error {
+	ready := func(err error) {
+		if f.ReadyFD <= 0 {
+			return
+		}
+		w := os.NewFile(uintptr(f.ReadyFD), "ready")
+		if err != nil {
+			fmt.Fprintf(w, "error: %v\n", err)
+		} else {
+			fmt.Fprintln(w, "ok")
+		}
+		w.Close()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Signals first, so that no child exits unnoticed.
+	sigs := make(chan os.Signal, 64)
+	signal.Notify(sigs, syscall.SIGCHLD, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+
+	if err := setup(f); err != nil {
+		ready(err)
+		return err
+	}
+	var ln *net.UnixListener
+	if f.Serve != "" && !f.Check {
+		_ = os.Remove(f.Serve)
+		var err error
+		ln, err = net.ListenUnix("unixpacket", &net.UnixAddr{Name: f.Serve, Net: "unixpacket"})
+		if err != nil {
+			err = fmt.Errorf("listen on %s: %w", f.Serve, err)
+			ready(err)
+			return err
+		}
+		defer ln.Close()
+	}
+	if f.Proxy != "" {
+		if err := startForwarder(ctx, f.Proxy); err != nil {
+			ready(err)
+			return err
+		}
+	}
+	ready(nil)
+	if f.Check {
+		return nil
+	}
+
+	s := &supervisor{execs: map[int]*command{}}
+	go func() {
+		for {
+			c, err := ln.AcceptUnix()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			go s.serve(c)
+		}
+	}()
+	for sig := range sigs {
+		if sig == syscall.SIGCHLD {
+			s.reap()
+			continue
+		}
+		ln.Close()
+		killDescendants()
+		return nil
+	}
+	return nil
+}
+
+// setup prepares the namespaces the supervisor was started in.
+func setup(f Flags) error {
+	if f.Proc {
+		// Our mounts must not leak into the host's mount namespace.
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			return fmt.Errorf("make mounts private: %w", err)
+		}
+		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("mount /proc: %w", err)
+		}
+		if f.UnmountUnder != "" {
+			if err := unmountUnder(f.UnmountUnder, f.Keep); err != nil {
+				return err
+			}
+		}
+	}
+	if f.Loopback {
+		if err := loopbackUp(); err != nil {
+			return err
+		}
+	}
+	if f.Hostname != "" {
+		if err := unix.Sethostname([]byte(f.Hostname)); err != nil {
+			return fmt.Errorf("set hostname: %w", err)
+		}
+	}
+	if f.NoFile > 0 {
+		// syscall.Setrlimit (not x/sys/unix) also tells the Go runtime not
+		// to restore its original limit in the children it starts.
+		lim := syscall.Rlimit{Cur: uint64(f.NoFile), Max: uint64(f.NoFile)}
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			return fmt.Errorf("set RLIMIT_NOFILE to %d: %w", f.NoFile, err)
+		}
+	}
+	if os.Getpid() != 1 {
+		// Outside a pid namespace, orphans come to us instead of the host's
+		// init, so we can reap them and find them at Stop.
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			return fmt.Errorf("become a subreaper: %w", err)
+		}
+	}
+	return nil
+}
+
+// loopbackUp brings up lo, which a new network namespace has down.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("loopback: socket: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback: get flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback: set up: %w", err)
+	}
+	return nil
+}
+
+// startForwarder runs Forward in the background and returns once it
+// listens, or with its error.
+func startForwarder(ctx context.Context, socket string) error {
+	errc := make(chan error, 1)
+	go func() { errc <- Forward(ctx, proxyAddr, socket) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		select {
+		case err := <-errc:
+			return fmt.Errorf("proxy forwarder: %w", err)
+		default:
+		}
+		if tcpListening(proxyAddr) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("proxy forwarder did not start listening on %s", proxyAddr)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// tcpListening reports whether an IPv4 socket listens on addr in our
+// network namespace, without connecting to it.
+func tcpListening(addr string) bool {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := ap.Addr().As4()
+	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ap.Port())
+	b, err := os.ReadFile("/proc/self/net/tcp")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) > 3 && fields[1] == want && fields[3] == "0A" {
+			return true
+		}
+	}
+	return false
+}
+
+// serve runs one command for one connection.
+func (s *supervisor) serve(c *net.UnixConn) {
+	defer c.Close()
+	var req Request
+	fds, err := Receive(c, &req)
+	if err != nil {
+		return
+	}
+	if req.Op != OpExec || len(req.Argv) == 0 {
+		closeAll(fds)
+		_ = Send(c, Reply{Op: OpError, Error: "first message must be an exec with an argv"})
+		return
+	}
+	cmd, code, msg := s.start(req, fds)
+	if cmd == nil {
+		_ = Send(c, Reply{Op: OpStarted})
+		_ = Send(c, Reply{Op: OpExit, ExitCode: code, Error: msg})
+		return
+	}
+	if err := Send(c, Reply{Op: OpStarted, Pid: cmd.pid}); err != nil {
+		killTree(cmd.pid)
+		<-cmd.done
+		return
+	}
+	// Control messages until the driver hangs up; a hang-up before the
+	// exit kills the command's tree.
+	hangup := make(chan struct{})
+	go func() {
+		defer close(hangup)
+		for {
+			var ctl Request
+			fds, err := Receive(c, &ctl)
+			closeAll(fds)
+			if err != nil {
+				return
+			}
+			switch ctl.Op {
+			case OpSignal:
+				cmd.signal(syscall.Signal(ctl.Signal))
+			case OpKill:
+				killTree(cmd.pid)
+			}
+		}
+	}()
+	var ws syscall.WaitStatus
+	select {
+	case ws = <-cmd.done:
+	case <-hangup:
+		killTree(cmd.pid)
+		<-cmd.done
+		return
+	}
+	r := Reply{Op: OpExit}
+	switch {
+	case ws.Signaled():
+		r.Signal = int(ws.Signal())
+		r.ExitCode = 128 + r.Signal
+	default:
+		r.ExitCode = ws.ExitStatus()
+	}
+	_ = Send(c, r)
+	// The driver hangs up once it has the result.
+	<-hangup
+}
+
+// start starts req with the passed stdio fds and closes them. It returns
+// the command, or nil with the exit code and message of a command that
+// could not be started.
+func (s *supervisor) start(req Request, fds []int) (*command, int, string) {
+	files := make([]*os.File, 0, 3)
+	for _, fd := range fds {
+		files = append(files, os.NewFile(uintptr(fd), "stdio"))
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	switch {
+	case req.TTY && len(files) == 1:
+		files = []*os.File{files[0], files[0], files[0]}
+	case !req.TTY && len(files) == 3:
+	default:
+		return nil, 126, fmt.Sprintf("corral: exec needs 3 stdio fds (or 1 with tty), got %d", len(files))
+	}
+	fail := func(code int, format string, args ...any) (*command, int, string) {
+		msg := fmt.Sprintf(format, args...)
+		fmt.Fprintln(files[2], msg)
+		return nil, code, msg
+	}
+	path, err := lookPath(req.Argv[0], req.Env, req.Dir)
+	if err != nil {
+		code := 127
+		if errors.Is(err, os.ErrPermission) {
+			code = 126
+		}
+		return fail(code, "corral: %s: %v", req.Argv[0], err)
+	}
+	attr := &os.ProcAttr{
+		Dir:   req.Dir,
+		Env:   req.Env,
+		Files: files,
+		Sys:   &syscall.SysProcAttr{Setsid: true, Setctty: req.TTY, Ctty: 0},
+	}
+	s.mu.Lock()
+	p, err := os.StartProcess(path, req.Argv, attr)
+	var cmd *command
+	if err == nil {
+		cmd = &command{pid: p.Pid, done: make(chan syscall.WaitStatus, 1)}
+		s.execs[p.Pid] = cmd
+	}
+	s.mu.Unlock()
+	if err != nil {
+		code := 126
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+			code = 127
+		}
+		return fail(code, "corral: %s: %v", req.Argv[0], errors.Unwrap(err))
+	}
+	_ = p.Release() // reaped by s.reap, never by os.Process.Wait
+	return cmd, 0, ""
+}
+
+// signal sends sig to the command's process group, unless it has exited.
+func (c *command) signal(sig syscall.Signal) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.exited {
+		return
+	}
+	if err := syscall.Kill(-c.pid, sig); err != nil {
+		_ = syscall.Kill(c.pid, sig)
+	}
+}
+
+// reap collects every exited child and hands commands their status.
+func (s *supervisor) reap() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if pid <= 0 || err != nil {
+			return
+		}
+		if cmd := s.execs[pid]; cmd != nil {
+			delete(s.execs, pid)
+			cmd.mu.Lock()
+			cmd.exited = true
+			cmd.mu.Unlock()
+			cmd.done <- ws
+		}
+	}
+}
+
+// lookPath finds argv0 as a shell would, in the command's PATH, relative
+// paths from dir.
+func lookPath(argv0 string, env []string, dir string) (string, error) {
+	check := func(p string) error {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		if fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return os.ErrPermission
+		}
+		return nil
+	}
+	if strings.Contains(argv0, "/") {
+		p := argv0
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		if err := check(p); err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return "", errors.New("no such file or directory")
+			}
+			if errors.Is(err, os.ErrPermission) {
+				return "", fmt.Errorf("permission denied: %w", os.ErrPermission)
+			}
+			return "", err
+		}
+		return p, nil
+	}
+	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+		}
+	}
+	denied := false
+	for _, d := range filepath.SplitList(path) {
+		if d == "" {
+			d = "."
+		}
+		if !filepath.IsAbs(d) {
+			d = filepath.Join(dir, d)
+		}
+		p := filepath.Join(d, argv0)
+		err := check(p)
+		if err == nil {
+			return p, nil
+		}
+		if errors.Is(err, os.ErrPermission) {
+			denied = true
+		}
+	}
+	if denied {
+		return "", fmt.Errorf("permission denied: %w", os.ErrPermission)
+	}
+	return "", errors.New("command not found")
+}
+
+// proc is what killTree needs to know of a process.
+type proc struct {
+	pid, ppid, sid int
+	zombie         bool
+}
+
+// scanProcs lists the processes visible in /proc.
+func scanProcs() []proc {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return nil
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	out := make([]proc, 0, len(names))
+	for _, n := range names {
+		pid, err := strconv.Atoi(n)
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + n + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp session ...; comm may hold anything.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 4 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		sid, _ := strconv.Atoi(f[3])
+		out = append(out, proc{pid: pid, ppid: ppid, sid: sid, zombie: f[0] == "Z"})
+	}
+	return out
+}
+
+// killTree kills the command whose pid (and session ID) is root and every
+// process it started: its session, and the descendants of those even if
+// they moved to other sessions. It stops them first and rescans, so that
+// nothing forks its way out while they are being killed.
+func killTree(root int) {
+	self := os.Getpid()
+	members := map[int]bool{}
+	for range 50 {
+		procs := scanProcs()
+		grew := false
+		for changed := true; changed; {
+			changed = false
+			for _, p := range procs {
+				if members[p.pid] || p.pid == self || p.zombie {
+					continue
+				}
+				if p.pid == root || p.sid == root || members[p.ppid] {
+					members[p.pid] = true
+					_ = syscall.Kill(p.pid, syscall.SIGSTOP)
+					changed, grew = true, true
+				}
+			}
+		}
+		if !grew {
+			break
+		}
+	}
+	for pid := range members {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// killDescendants kills every process that descends from this one: the
+// whole workspace. In a pid namespace the kernel does it anyway when we
+// exit; outside one, we are a subreaper, so orphans are our descendants too.
+func killDescendants() {
+	self := os.Getpid()
+	members := map[int]bool{self: true}
+	for range 50 {
+		grew := false
+		procs := scanProcs()
+		for changed := true; changed; {
+			changed = false
+			for _, p := range procs {
+				if !members[p.pid] && !p.zombie && members[p.ppid] {
+					members[p.pid] = true
+					_ = syscall.Kill(p.pid, syscall.SIGSTOP)
+					changed, grew = true, true
+				}
+			}
+		}
+		if !grew {
+			break
+		}
+	}
+	for pid := range members {
+		if pid != self {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// unmountUnder detaches, in our mount namespace, every mount below dir
+// except keep (and what is below keep).
+func unmountUnder(dir, keep string) error {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("read mountinfo: %w", err)
+	}
+	dir = filepath.Clean(dir) + "/"
+	var targets []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		mp := unescapeMount(f[4])
+		if !strings.HasPrefix(mp, dir) || mp == keep || (keep != "" && strings.HasPrefix(mp, keep+"/")) {
+			continue
+		}
+		targets = append(targets, mp)
+	}
+	// Deepest first.
+	sort.Slice(targets, func(i, j int) bool { return len(targets[i]) > len(targets[j]) })
+	for _, t := range targets {
+		if err := unix.Unmount(t, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("detach %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space...).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
