@@ -16,7 +16,12 @@ import (
 // oomFileCached is the container's OOM counter file, if already found.
 func (d *Driver) oomFileCached(container string) string {
 	if v, ok := d.oomFiles.Load(container); ok {
-		return v.(string)
+		// The container may have been re-created under the same name by
+		// someone else: a cgroup that is gone is forgotten.
+		if _, err := os.Stat(v.(string)); err == nil {
+			return v.(string)
+		}
+		d.oomFiles.Delete(container)
 	}
 	return ""
 }

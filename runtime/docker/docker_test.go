@@ -190,3 +190,5 @@ func sh(t testing.TB, d *docker.Driver, id, script string) result {
 	}
 	return result{res, out.String(), errb.String()}
 }
+
+func initPath(t testing.TB) string { return testbin.Corral(t) }

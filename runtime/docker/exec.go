@@ -88,6 +88,13 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	// The OOM counter before the command starts, if this container's cgroup
 	// is already known (it is after the first command).
 	oomFile := d.oomFileCached(name)
+	if oomFile == "" && d.local {
+		// First command in this container since the driver opened: find
+		// its memory cgroup through PID 1 before the command can use any.
+		if ins, err := d.cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{}); err == nil && ins.Container.State != nil {
+			oomFile = d.oomFileFor(name, ins.Container.State.Pid)
+		}
+	}
 	oomBefore := readOOMCount(oomFile)
 
 	created, err := d.cli.ExecCreate(ctx, name, opts)
@@ -120,14 +127,6 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	go p.copyOutput(p.head, stderr)
 	if spec.Stdin != nil {
 		go p.copyInput(spec.Stdin)
-	}
-	if p.oomFile == "" && d.local {
-		// First command in this container since the driver opened: learn
-		// its cgroup now, before the command can have used much memory.
-		if pid, err := p.hostPID(ctx); err == nil && pid != 0 {
-			p.oomFile = d.oomFileFor(name, pid)
-			p.oomBefore = readOOMCount(p.oomFile)
-		}
 	}
 	go p.watch(ctx, spec.Timeout)
 	return p, nil
