@@ -23,6 +23,8 @@ func (d *Driver) ensureImage(ctx context.Context, image string) error {
 func (d *Driver) Pull(ctx context.Context, image string, progress func(runtime.PullProgress)) error {
 	if _, err := d.cli.ImageInspect(ctx, image); err == nil {
 		return nil
+	} else if isInvalid(err) {
+		return errdefs.Invalid("image_not_found", "image %q not found: %v", image, err)
 	} else if !isNotFound(err) {
 		return engineErr(err, "inspect image %s", image)
 	}
