@@ -1,17 +1,31 @@
 package process_test
 
 import (
+	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/internal/testbin"
+	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
 	"github.com/corralhq/corral/runtime/process"
 	"github.com/corralhq/corral/runtime/runtimetest"
 	"github.com/hashicorp/go-hclog"
 )
 
-// open opens a driver on a fresh data dir.
+// open opens a driver on dataDir ("" = a fresh one).
 func open(t testing.TB, dataDir string) runtime.Runtime {
 	t.Helper()
 	if dataDir == "" {
@@ -21,7 +35,7 @@ func open(t testing.TB, dataDir string) runtime.Runtime {
 		DataDir:  dataDir,
 		ServerID: "test",
 		InitPath: testbin.Corral(t),
-		Logger:   hclog.New(&hclog.LoggerOptions{Level: hclog.Warn}),
+		Logger:   hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
 	})
 	if err != nil {
 		t.Fatalf("open process runtime: %v", err)
@@ -36,4 +50,406 @@ func TestConformance(t *testing.T) {
 	runtimetest.Run(t, rt, runtimetest.Options{})
 }
 
-var _ = context.Background
+func TestConformanceOpenNetwork(t *testing.T) {
+	rt := open(t, "")
+	runtimetest.Run(t, rt, runtimetest.Options{Network: policy.NetworkOpen})
+}
+
+// need skips t unless the driver can enforce what it tests. On this
+// project's CI hosts (root) everything is available.
+func need(t *testing.T, rt runtime.Runtime, ok bool, what string) {
+	t.Helper()
+	if !ok {
+		t.Skipf("host cannot enforce %s: %v", what, rt.Capabilities().Policy.Why)
+	}
+}
+
+// workspace creates and starts a workspace with policy p and removes it at
+// the end of t.
+func workspace(t *testing.T, rt runtime.Runtime, p policy.Policy, proxy string) string {
+	t.Helper()
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	id := "ws_pt_" + hex.EncodeToString(b)
+	ctx := context.Background()
+	if err := rt.Create(ctx, runtime.Spec{ID: id, Policy: p, ProxySocket: proxy}); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := rt.Remove(context.Background(), id); err != nil {
+			t.Errorf("Remove: %v", err)
+		}
+	})
+	if err := rt.Start(ctx, id); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	return id
+}
+
+type result struct {
+	runtime.ExitResult
+	stdout, stderr string
+}
+
+func sh(t *testing.T, rt runtime.Runtime, id, script string) result {
+	t.Helper()
+	out, errb := runtime.NewOutput(0), runtime.NewOutput(0)
+	res, err := runtime.Run(context.Background(), rt, id, runtime.ExecSpec{
+		Argv: []string{"sh", "-c", script}, Stdout: out, Stderr: errb, Timeout: time.Minute,
+	})
+	if err != nil {
+		t.Fatalf("sh -c %q: %v", script, err)
+	}
+	return result{res, out.String(), errb.String()}
+}
+
+func none() policy.Policy { return policy.Policy{Network: policy.Network{Mode: policy.NetworkNone}} }
+
+// listen opens a TCP listener on the host's loopback (in the test's own
+// network namespace) that answers every connection with "pong\n".
+func listen(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("pong\n"))
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func busybox(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("busybox"); err != nil {
+		t.Skip("busybox (for nc and wget) is not installed")
+	}
+}
+
+func TestNetworkNoneHasNoRoute(t *testing.T) {
+	busybox(t)
+	rt := open(t, "")
+	need(t, rt, rt.Capabilities().Policy.SupportsNetwork(policy.NetworkNone), "network none")
+	port := listen(t)
+	script := fmt.Sprintf("busybox nc 127.0.0.1 %d </dev/null", port)
+
+	// The same command reaches the listener from an open workspace, so a
+	// failure below is the network namespace, not the command.
+	open := workspace(t, rt, policy.Policy{Network: policy.Network{Mode: policy.NetworkOpen}}, "")
+	if r := sh(t, rt, open, script); r.stdout != "pong\n" {
+		t.Fatalf("open workspace could not reach the host listener: %+v %q %q", r.ExitResult, r.stdout, r.stderr)
+	}
+	ws := workspace(t, rt, none(), "")
+	if r := sh(t, rt, ws, script); r.ExitCode == 0 || r.stdout != "" {
+		t.Errorf("none workspace reached the host listener: %+v %q", r.ExitResult, r.stdout)
+	}
+	// Loopback works inside, and nothing but loopback exists.
+	r := sh(t, rt, ws, "cat /proc/net/dev")
+	if !strings.Contains(r.stdout, "lo:") || strings.Count(r.stdout, ":") != 1 {
+		t.Errorf("interfaces in a none workspace:\n%s", r.stdout)
+	}
+	if r := sh(t, rt, ws, "busybox nc -l -p 4444 -e echo inside & sleep 0.2; busybox nc 127.0.0.1 4444 </dev/null"); !strings.Contains(r.stdout, "inside") {
+		t.Errorf("loopback inside the workspace does not work: %+v %q %q", r.ExitResult, r.stdout, r.stderr)
+	}
+}
+
+func TestNetworkAllowlistGoesThroughProxy(t *testing.T) {
+	busybox(t)
+	rt := open(t, "")
+	need(t, rt, rt.Capabilities().Policy.SupportsNetwork(policy.NetworkAllowlist), "network allowlist")
+	// A stand-in for the server's egress proxy: answers every request and
+	// remembers the request lines.
+	sock := filepath.Join(t.TempDir(), "proxy.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	lines := make(chan string, 10)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				lines <- strings.TrimSpace(line)
+				c.Write([]byte("HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nvia-proxy\n"))
+			}()
+		}
+	}()
+	port := listen(t)
+	ws := workspace(t, rt, policy.Policy{Network: policy.Network{Mode: policy.NetworkAllowlist, AllowedHosts: []string{"example.com"}}}, sock)
+	r := sh(t, rt, ws, "echo $HTTP_PROXY; busybox wget -q -O- http://example.com/x")
+	if r.stdout != "http://"+runtime.ProxyListenAddr+"\nvia-proxy\n" {
+		t.Errorf("wget through the proxy: %+v stdout %q stderr %q", r.ExitResult, r.stdout, r.stderr)
+	}
+	select {
+	case l := <-lines:
+		if l != "GET http://example.com/x HTTP/1.1" {
+			t.Errorf("proxy saw %q", l)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("proxy saw no request")
+	}
+	if r := sh(t, rt, ws, fmt.Sprintf("busybox nc 127.0.0.1 %d </dev/null", port)); r.ExitCode == 0 || r.stdout != "" {
+		t.Errorf("allowlist workspace reached the host directly: %+v %q", r.ExitResult, r.stdout)
+	}
+}
+
+func TestMemoryLimitOOMKills(t *testing.T) {
+	rt := open(t, "")
+	need(t, rt, rt.Capabilities().Policy.Memory, "memory")
+	p := none()
+	p.Limits.Memory = 32 << 20
+	ws := workspace(t, rt, p, "")
+	r := sh(t, rt, ws, "head -c 200M /dev/zero | tail")
+	if !r.OOMKilled || r.ExitCode != 137 {
+		t.Errorf("allocating 200M under a 32MiB limit: %+v, want OOMKilled and exit 137", r.ExitResult)
+	}
+	// The workspace survives its command's OOM kill.
+	if r := sh(t, rt, ws, "head -c 1M /dev/zero | tail | wc -c"); r.ExitCode != 0 || r.OOMKilled || strings.TrimSpace(r.stdout) != "1048576" {
+		t.Errorf("small allocation after the OOM kill: %+v %q", r.ExitResult, r.stdout)
+	}
+}
+
+func TestPidsLimit(t *testing.T) {
+	rt := open(t, "")
+	need(t, rt, rt.Capabilities().Policy.Pids, "pids")
+	p := none()
+	p.Limits.Pids = 20
+	ws := workspace(t, rt, p, "")
+	// Counting uses shell built-ins only: at the limit, nothing can fork.
+	r := sh(t, rt, ws, "(i=0; while [ $i -lt 60 ]; do sleep 1000 & i=$((i+1)); done); set -- /proc/[0-9]*; echo $#")
+	if !strings.Contains(strings.ToLower(r.stderr), "fork") {
+		t.Errorf("60 forks under a pids limit of 20 did not fail: %+v stderr %q", r.ExitResult, r.stderr)
+	}
+	if n, err := strconv.Atoi(strings.TrimSpace(r.stdout)); err != nil || n > 20 {
+		t.Errorf("%q processes in a workspace limited to 20 (%+v, stderr %q)", r.stdout, r.ExitResult, r.stderr)
+	}
+}
+
+func TestNoFileLimit(t *testing.T) {
+	rt := open(t, "")
+	p := none()
+	p.Limits.NoFile = 321
+	ws := workspace(t, rt, p, "")
+	if r := sh(t, rt, ws, "ulimit -n; ulimit -Hn"); r.stdout != "321\n321\n" {
+		t.Errorf("ulimit -n: %+v %q %q", r.ExitResult, r.stdout, r.stderr)
+	}
+}
+
+func TestDiskLimit(t *testing.T) {
+	rt := open(t, "")
+	need(t, rt, rt.Capabilities().Policy.Disk, "disk")
+	p := none()
+	p.Limits.Disk = 16 << 20
+	ws := workspace(t, rt, p, "")
+	r := sh(t, rt, ws, "dd if=/dev/zero of=big bs=1M count=40 2>&1; echo rc=$?")
+	if !strings.Contains(r.stdout, "No space left") || strings.Contains(r.stdout, "rc=0") {
+		t.Errorf("writing 40M into a 16MiB workspace: %q", r.stdout)
+	}
+	// What fits stays, across Stop and Start.
+	sh(t, rt, ws, "rm -f big; echo kept > small")
+	ctx := context.Background()
+	if err := rt.Stop(ctx, ws); err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.Start(ctx, ws); err != nil {
+		t.Fatal(err)
+	}
+	if r := sh(t, rt, ws, "cat small; ls -A"); r.stdout != "kept\nsmall\n" {
+		t.Errorf("after restart: %q", r.stdout)
+	}
+	st, err := rt.Inspect(ctx, ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	home := st.Detail["dir"]
+	if err := rt.Remove(ctx, ws); err != nil {
+		t.Fatal(err)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), home) {
+		t.Errorf("the workspace's file system is still mounted after Remove")
+	}
+}
+
+func TestIsolation(t *testing.T) {
+	rt := open(t, "")
+	if !strings.Contains(rt.Capabilities().Isolation, "pid") {
+		t.Skipf("no namespaces here: %s", rt.Capabilities().Isolation)
+	}
+	ws := workspace(t, rt, none(), "")
+	// PID 1 is corral init; the host's processes are not visible.
+	r := sh(t, rt, ws, "tr '\\0' ' ' </proc/1/cmdline; echo; hostname; ls -d /proc/[0-9]* | wc -l")
+	lines := strings.Split(r.stdout, "\n")
+	if len(lines) < 3 || !strings.Contains(lines[0], "init --serve") || lines[1] != ws {
+		t.Errorf("inside the workspace: %q", r.stdout)
+	}
+	if n, _ := strconv.Atoi(strings.TrimSpace(lines[2])); n > 5 {
+		t.Errorf("%d processes visible in a fresh workspace", n)
+	}
+	// A symlink out of the workspace is no working directory.
+	if err := os.Symlink("/", filepath.Join(dirOf(t, rt, ws), "out")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := rt.Exec(context.Background(), ws, runtime.ExecSpec{Argv: []string{"pwd"}, Cwd: "out/etc"})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || errdefs.Code(err) != "path_escape" {
+		t.Errorf("Exec with Cwd through a symlink to /: %v", err)
+	}
+}
+
+func dirOf(t *testing.T, rt runtime.Runtime, id string) string {
+	t.Helper()
+	st, err := rt.Inspect(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Detail["dir"]
+}
+
+// A second driver on the same DataDir, as after a server restart, finds
+// running workspaces and runs commands in them; nothing is restarted.
+func TestAdoptAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	first := open(t, dir)
+	ws := workspace(t, first, none(), "")
+	running := workspace(t, first, none(), "")
+	sh(t, first, running, "echo before > f; (sleep 1000 >/dev/null 2>&1 &)")
+	stopped := workspace(t, first, none(), "")
+	ctx := context.Background()
+	if err := first.Stop(ctx, stopped); err != nil {
+		t.Fatal(err)
+	}
+	before, err := first.Inspect(ctx, running)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	second := open(t, dir)
+	list, err := second.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	states := map[string]runtime.State{}
+	for _, st := range list {
+		states[st.ID] = st.State
+	}
+	if states[ws] != runtime.StateRunning || states[running] != runtime.StateRunning || states[stopped] != runtime.StateStopped || len(states) != 3 {
+		t.Errorf("List after restart: %v", states)
+	}
+	after, err := second.Inspect(ctx, running)
+	if err != nil || after.Detail["pid"] != before.Detail["pid"] || !after.StartedAt.Equal(before.StartedAt) {
+		t.Errorf("Inspect after restart = %+v, %v; before %+v", after, err, before)
+	}
+	if r := sh(t, second, running, "cat f; ps -o comm | grep -c sleep"); r.stdout != "before\n1\n" {
+		t.Errorf("exec after restart: %+v %q %q", r.ExitResult, r.stdout, r.stderr)
+	}
+	// The adopted workspace stops for the new driver too, processes and all.
+	if err := second.Stop(ctx, running); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(before.Detail["pid"])
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(b), ") Z") {
+		t.Errorf("supervisor %d still alive after Stop: %s", pid, b)
+	}
+	// A server with another ID sees none of them.
+	other, err := process.New(runtime.Config{DataDir: dir, ServerID: "other", InitPath: testbin.Corral(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := other.List(ctx); err != nil || len(l) != 0 {
+		t.Errorf("another server lists %v, %v", l, err)
+	}
+	if _, err := other.Inspect(ctx, ws); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("another server inspects %s: %v", ws, err)
+	}
+}
+
+// Remove leaves nothing behind: no processes, no cgroups, no directory.
+func TestRemoveLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	rt := open(t, dir)
+	p := none()
+	p.Limits.Memory, p.Limits.Pids = 64<<20, 100
+	ws := workspace(t, rt, p, "")
+	sh(t, rt, ws, "(sleep 1000 >/dev/null 2>&1 &) ; true")
+	st, _ := rt.Inspect(context.Background(), ws)
+	pid, _ := strconv.Atoi(st.Detail["pid"])
+	if err := rt.Remove(context.Background(), ws); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(b), ") Z") {
+		t.Errorf("supervisor still alive: %s", b)
+	}
+	for _, c := range []string{"memory", "pids", "cpu"} {
+		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", c, "corral", ws)); err == nil {
+			t.Errorf("cgroup %s/corral/%s left behind", c, ws)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "workspaces", ws)); err == nil {
+		t.Errorf("workspace directory left behind")
+	}
+}
+
+func TestCreateRefusesWhatItCannotEnforce(t *testing.T) {
+	rt := open(t, "")
+	err := rt.Create(context.Background(), runtime.Spec{ID: "BAD ID", Policy: none()})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("Create with a bad ID: %v", err)
+	}
+	err = rt.Create(context.Background(), runtime.Spec{ID: "ws_pt_noproxy", Policy: policy.Policy{Network: policy.Network{Mode: policy.NetworkAllowlist}}})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("Create allowlist without a proxy socket: %v", err)
+	}
+}
+
+// BenchmarkExecTrue compares an Exec of /bin/true in a running workspace
+// with a plain fork/exec of it in the same run.
+func BenchmarkExecTrue(b *testing.B) {
+	rt := open(b, "")
+	ctx := context.Background()
+	id := "ws_bench_" + strconv.Itoa(os.Getpid())
+	if err := rt.Create(ctx, runtime.Spec{ID: id, Policy: none()}); err != nil {
+		b.Fatal(err)
+	}
+	defer rt.Remove(ctx, id)
+	if err := rt.Start(ctx, id); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("process", func(b *testing.B) {
+		for b.Loop() {
+			res, err := runtime.Run(ctx, rt, id, runtime.ExecSpec{Argv: []string{"/bin/true"}})
+			if err != nil || res.ExitCode != 0 {
+				b.Fatal(res, err)
+			}
+		}
+	})
+	b.Run("process-with-output", func(b *testing.B) {
+		for b.Loop() {
+			out := runtime.NewOutput(0)
+			res, err := runtime.Run(ctx, rt, id, runtime.ExecSpec{Argv: []string{"/bin/true"}, Stdout: out, Stderr: out})
+			if err != nil || res.ExitCode != 0 {
+				b.Fatal(res, err)
+			}
+		}
+	})
+	b.Run("fork-exec", func(b *testing.B) {
+		for b.Loop() {
+			if err := exec.Command("/bin/true").Run(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
