@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/internal/enginetest"
@@ -201,5 +204,57 @@ func TestListOnlyOwnServer(t *testing.T) {
 	}
 	if _, err := other.Inspect(context.Background(), id); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("another server's Inspect(%s) = %v, want not found", id, err)
+	}
+}
+
+// TestAllowlistThroughProxySocket checks the allowlist plumbing: the
+// workspace has no network of its own, and its HTTP client reaches the
+// world only through the forwarder in `corral init` and the proxy socket
+// bind-mounted in. The test's socket server stands in for the server's
+// proxy and answers every request itself, so nothing leaves the machine.
+func TestAllowlistThroughProxySocket(t *testing.T) {
+	d := open(t)
+	dir, err := os.MkdirTemp("", "corral-proxy-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "proxy.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "via-proxy %s %s", r.Method, r.URL)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	id := workspace(t, d, func(s *runtime.Spec) {
+		s.Policy.Network.Mode = policy.NetworkAllowlist
+		s.ProxySocket = sock
+	})
+	if r := sh(t, d, id, "test -S "+runtime.ProxySocketInSandbox+" && echo $HTTP_PROXY"); r.Stdout != "http://"+runtime.ProxyListenAddr+"\n" {
+		t.Fatalf("proxy socket or HTTP_PROXY missing: %+v %q %q", r.ExitResult, r.Stdout, r.Stderr)
+	}
+	// The forwarder starts with the container; poll until it listens.
+	var r result
+	for range 100 {
+		r = sh(t, d, id, "wget -q -O - http://allowed.example/path")
+		if r.ExitCode == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r.Stdout != "via-proxy GET http://allowed.example/path" {
+		t.Errorf("request through the proxy: %+v stdout %q stderr %q", r.ExitResult, r.Stdout, r.Stderr)
+	}
+	// Without the proxy there is no route anywhere but loopback.
+	gw := bridgeGateway(t)
+	if r := sh(t, d, id, "wget -q -O - -Y off http://"+gw.String()+":9/"); r.ExitCode == 0 {
+		t.Errorf("direct connection from an allowlist workspace succeeded: %q", r.Stdout)
+	}
+	if r := sh(t, d, id, "ls /sys/class/net"); strings.TrimSpace(r.Stdout) != "lo" {
+		t.Errorf("allowlist workspace has interfaces %q, want lo only", r.Stdout)
 	}
 }
