@@ -59,7 +59,7 @@ func capabilitiesFrom(info system.Info, local bool) runtime.Capabilities {
 		iso += ", rootless"
 	}
 	if !local {
-		iso += ", remote engine: command signals, timeouts and OOM detection unavailable"
+		iso += ", engine not on this host: commands are signalled through a shell in the workspace, OOM kills not detected"
 	}
 	iso += ")"
 	return runtime.Capabilities{Policy: s, TTY: true, Isolation: iso}

@@ -430,20 +430,31 @@ func containsEnv(environ, entry []byte) bool {
 }
 
 // signalInside signals from within the container, for engines on another
-// machine: a shell finds the command's processes by their marker.
+// machine: a shell (the image needs sh, tr, grep and kill) finds the
+// command's processes by their marker and signals each, and waits for that
+// to be done.
 func (p *process) signalInside(ctx context.Context, sig syscall.Signal) error {
 	script := fmt.Sprintf(`for d in /proc/[0-9]*; do p=${d#/proc/}; [ "$p" = "$$" ] && continue; `+
-		`if tr '\0' '\n' <"$d/environ" 2>/dev/null | grep -qx '%s=%s'; then kill -s %d "$p" 2>/dev/null; fi; done; exit 0`,
+		`if tr '\000' '\n' <"$d/environ" 2>/dev/null | grep -qx '%s=%s'; then kill -%d "$p" 2>/dev/null; fi; done; exit 0`,
 		execMarkerEnv, p.marker, int(sig))
-	res, err := p.d.cli.ExecCreate(ctx, p.container, client.ExecCreateOptions{Cmd: []string{"/bin/sh", "-c", script}})
+	res, err := p.d.cli.ExecCreate(ctx, p.container, client.ExecCreateOptions{Cmd: []string{"/bin/sh", "-c", script}, AttachStdout: true, AttachStderr: true})
 	if err != nil {
 		if isConflict(err) || isNotFound(err) {
 			return nil // the workspace stopped: everything in it is gone
 		}
 		return engineErr(err, "signal command in workspace %s", p.ws)
 	}
-	if _, err := p.d.cli.ExecStart(ctx, res.ID, client.ExecStartOptions{}); err != nil {
+	att, err := p.d.cli.ExecAttach(ctx, res.ID, client.ExecAttachOptions{})
+	if err != nil {
 		return engineErr(err, "signal command in workspace %s", p.ws)
+	}
+	defer att.Close()
+	var msg strings.Builder
+	if _, err := stdcopy.StdCopy(&msg, &msg, att.Reader); err != nil {
+		return fmt.Errorf("signal command in workspace %s: %w", p.ws, err)
+	}
+	if ins, err := p.d.cli.ExecInspect(ctx, res.ID, client.ExecInspectOptions{}); err == nil && ins.ExitCode != 0 {
+		return fmt.Errorf("signal command in workspace %s: the signalling shell exited %d: %s", p.ws, ins.ExitCode, msg.String())
 	}
 	return nil
 }

@@ -130,7 +130,7 @@ func TestCapabilitiesFrom(t *testing.T) {
 		{"no memory cgroup", func(i *system.Info) { i.MemoryLimit = false }, true, false, true, true, "no memory cgroup", "docker"},
 		{"rootless v1", func(i *system.Info) { i.SecurityOptions = []string{"name=seccomp", "name=rootless"} }, true, false, false, false, "rootless", "rootless"},
 		{"rootless v2", func(i *system.Info) { i.SecurityOptions = []string{"name=rootless"}; i.CgroupVersion = "2" }, true, true, true, true, "", "cgroup v2"},
-		{"remote", nil, false, true, true, true, "", "remote engine"},
+		{"remote", nil, false, true, true, true, "", "not on this host"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			info := full
