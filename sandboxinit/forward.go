@@ -1,0 +1,136 @@
+package sandboxinit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Forward is the sandbox's end of the egress proxy for network mode
+// allowlist. It listens on listenAddr (runtime.ProxyListenAddr, which
+// HTTP_PROXY and friends point at) and relays every TCP connection, byte for
+// byte, to the unix socket at socketPath, where the server's proxy decides
+// what the sandbox may reach. The relay is protocol-blind: the proxy speaks
+// HTTP to the client.
+//
+// Each direction is copied until EOF and then half-closed, so a client that
+// shuts down its write side still reads the whole answer. If the socket
+// cannot be dialled the client's connection is closed (the client sees a
+// reset or EOF, as with any unreachable proxy).
+//
+// Forward returns nil once ctx is done, after closing the listener and every
+// relayed connection, or an error if it cannot listen or accepting fails
+// for good.
+func Forward(ctx context.Context, listenAddr, socketPath string) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", listenAddr)
+	if err != nil {
+		return fmt.Errorf("proxy forwarder: %w", err)
+	}
+	var (
+		mu    sync.Mutex
+		conns = map[net.Conn]struct{}{}
+		wg    sync.WaitGroup
+	)
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		conns = nil
+		mu.Unlock()
+	})
+	defer stop()
+	// track registers c to be closed when ctx is done; false if it already is.
+	track := func(c net.Conn) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if conns == nil {
+			return false
+		}
+		conns[c] = struct{}{}
+		return true
+	}
+	untrack := func(c net.Conn) {
+		mu.Lock()
+		if conns != nil {
+			delete(conns, c)
+		}
+		mu.Unlock()
+		c.Close()
+	}
+
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				wg.Wait()
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			ln.Close()
+			wg.Wait()
+			return fmt.Errorf("proxy forwarder: accept on %s: %w", listenAddr, err)
+		}
+		backoff = 0
+		if !track(c) {
+			c.Close()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer untrack(c)
+			var d net.Dialer
+			u, err := d.DialContext(ctx, "unix", socketPath)
+			if err != nil {
+				return
+			}
+			if !track(u) {
+				u.Close()
+				return
+			}
+			defer untrack(u)
+			relay(c, u)
+		}()
+	}
+}
+
+// relay copies both ways between a and b until both directions have ended.
+// io.Copy between a TCP and a unix stream socket uses splice(2) on Linux, so
+// no bytes pass through user space.
+func relay(a, b net.Conn) {
+	done := make(chan struct{})
+	go func() {
+		copyHalf(b, a)
+		close(done)
+	}()
+	copyHalf(a, b)
+	<-done
+}
+
+// copyHalf copies src to dst and then passes the end of src on as a
+// half-close of dst; if that is impossible, or the copy failed, it closes
+// both so that the other direction ends too.
+func copyHalf(dst, src net.Conn) {
+	_, err := io.Copy(dst, src)
+	if err == nil {
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			return
+		}
+	}
+	dst.Close()
+	src.Close()
+}
