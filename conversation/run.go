@@ -173,7 +173,12 @@ func (s *Service) finishRunLocked(l *live, r *run, state State, extra ...store.E
 		reason = r.reason
 	}
 	evs := append(extra, stateEvent(state, reason))
-	if _, err := s.appendLocked(context.Background(), l, state, evs...); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+	if _, err := s.appendLocked(context.Background(), l, state, evs...); errors.Is(err, errdefs.ErrNotFound) {
+		// Deleted under the run (with its workspace): tell the subscribers.
+		for sub := range l.subs {
+			sub.endLocked(errDeleted(l.id))
+		}
+	} else if err != nil {
 		// Nobody to return this to: the run belongs to no request.
 		s.log.Error("record the end of an agent run", "conversation_id", l.id, "state", state, "error", err)
 	}

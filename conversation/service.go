@@ -298,6 +298,27 @@ func (s *Service) Delete(ctx context.Context, userID, id string) error {
 	return nil
 }
 
+// DeleteInWorkspace deletes every conversation held in the user's
+// workspace, as Delete does each. The server calls it before deleting the
+// workspace (whose rows would otherwise take the conversations along by
+// cascade, leaving their agents and subscribers to find out late).
+// Idempotent.
+func (s *Service) DeleteInWorkspace(ctx context.Context, userID, workspaceID string) error {
+	cs, err := s.db.ConversationsOfWorkspace(ctx, workspaceID)
+	if err != nil {
+		return fmt.Errorf("delete conversations of workspace %s: %w", workspaceID, err)
+	}
+	for _, c := range cs {
+		if c.UserID != userID {
+			continue
+		}
+		if err := s.Delete(ctx, userID, c.ID); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			return fmt.Errorf("delete conversations of workspace %s: %w", workspaceID, err)
+		}
+	}
+	return nil
+}
+
 // Subscribe returns a subscription to the user's conversation's events
 // with seq > after: stored ones first, then live ones. Errors:
 // errdefs.ErrNotFound; errdefs.ErrInvalidArgument coded "invalid_after" if

@@ -462,3 +462,64 @@ func TestShutdownAndReopenKeepsEverything(t *testing.T) {
 		t.Fatalf("after reopen: %+v, %v", got, err)
 	}
 }
+
+func TestWorkspaceDeletionEndsItsConversations(t *testing.T) {
+	release := make(chan struct{})
+	llm := newLLM(t, reply{content: "late", block: release})
+	f := newFixture(t, testConfig(llm.URL()))
+	ctx := context.Background()
+	c1 := f.create(conversation.LLMConfig{})
+	c2 := f.create(conversation.LLMConfig{})
+	sub1, _ := f.svc.Subscribe(ctx, f.alice.ID, c1.ID, 0)
+	defer sub1.Close()
+	f.svc.Send(ctx, f.alice.ID, c1.ID, "hi")
+	waitState(t, sub1, conversation.StateRunning)
+
+	// The server's way: conversations first.
+	if err := f.svc.DeleteInWorkspace(ctx, f.alice.ID, f.aliceW.ID); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	for {
+		if _, err := sub1.Next(ctx); err != nil {
+			if !errors.Is(err, errdefs.ErrNotFound) {
+				t.Fatalf("subscription ended with %v", err)
+			}
+			break
+		}
+	}
+	for _, id := range []string{c1.ID, c2.ID} {
+		if _, err := f.svc.Get(ctx, f.alice.ID, id); !errors.Is(err, errdefs.ErrNotFound) {
+			t.Fatalf("%s after its workspace: %v", id, err)
+		}
+	}
+
+	// A workspace row deleted behind the service's back (cascade): the
+	// running agent finds out at its next step and ends its subscribers.
+	block := make(chan struct{})
+	llm.push(reply{content: "late", block: block})
+	w := store.Workspace{ID: store.NewID("ws"), UserID: f.alice.ID, Runtime: "test", State: "running"}
+	if err := f.db.CreateWorkspace(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	c3, err := f.svc.Create(ctx, f.alice.ID, conversation.CreateParams{WorkspaceID: w.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub3, _ := f.svc.Subscribe(ctx, f.alice.ID, c3.ID, 0)
+	defer sub3.Close()
+	f.svc.Send(ctx, f.alice.ID, c3.ID, "hi")
+	waitState(t, sub3, conversation.StateRunning)
+	if err := f.db.DeleteWorkspace(ctx, w.ID); err != nil {
+		t.Fatal(err)
+	}
+	close(block)
+	for {
+		if _, err := sub3.Next(ctx); err != nil {
+			if !errors.Is(err, errdefs.ErrNotFound) {
+				t.Fatalf("subscription ended with %v", err)
+			}
+			break
+		}
+	}
+}

@@ -143,6 +143,12 @@ func (db *DB) ConversationsInState(ctx context.Context, states ...string) ([]Con
 	return db.listConversations(ctx, q, args...)
 }
 
+// ConversationsOfWorkspace returns every conversation held in the
+// workspace, in ID order.
+func (db *DB) ConversationsOfWorkspace(ctx context.Context, workspaceID string) ([]Conversation, error) {
+	return db.listConversations(ctx, "SELECT "+conversationColumns+" WHERE workspace_id = ? ORDER BY id", workspaceID)
+}
+
 func (db *DB) listConversations(ctx context.Context, q string, args ...any) ([]Conversation, error) {
 	rows, err := db.sql.QueryContext(ctx, q, args...)
 	if err != nil {
