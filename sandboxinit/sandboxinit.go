@@ -36,6 +36,12 @@ type Flags struct {
 	// neither visible nor held busy by this mount namespace.
 	UnmountUnder string
 	Keep         string
+	// Cgroups are the cgroup directories every command starts in (one per
+	// v1 hierarchy, or one v2 directory with CgroupV2). The supervisor
+	// itself stays outside them, so its memory and threads do not count
+	// against the workspace's limits.
+	Cgroups  []string
+	CgroupV2 bool
 }
 
 // Args returns the command-line arguments (after "init") that Main parses
@@ -72,6 +78,12 @@ func (f Flags) Args() []string {
 	if f.Keep != "" {
 		a = append(a, "--keep", f.Keep)
 	}
+	for _, c := range f.Cgroups {
+		a = append(a, "--cgroup", c)
+	}
+	if f.CgroupV2 {
+		a = append(a, "--cgroup-v2")
+	}
 	return a
 }
 
@@ -93,6 +105,11 @@ func parseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.BoolVar(&f.Check, "check", false, "set up, report on --ready-fd or stderr, and exit")
 	fs.StringVar(&f.UnmountUnder, "unmount-under", "", "with --proc, detach every mount below this directory ...")
 	fs.StringVar(&f.Keep, "keep", "", "... except this one")
+	fs.Func("cgroup", "start commands in this cgroup directory (repeatable: one per v1 hierarchy)", func(v string) error {
+		f.Cgroups = append(f.Cgroups, v)
+		return nil
+	})
+	fs.BoolVar(&f.CgroupV2, "cgroup-v2", false, "--cgroup is a single cgroup v2 directory")
 	if err := fs.Parse(args); err != nil {
 		return f, err
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	goruntime "runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -29,6 +30,10 @@ type supervisor struct {
 	// is never reaped before its pid is registered in execs.
 	mu    sync.Mutex
 	execs map[int]*command
+
+	launcher      chan func() // v1: runs forks on the thread in the cgroups (startLauncher)
+	launcherReady chan struct{}
+	cgroupFD      int // v2: commands start in this directory (clone3), or -1
 }
 
 // command is one started command, identified by its pid, which is also its
@@ -83,12 +88,27 @@ func supervise(f Flags) error {
 			return err
 		}
 	}
-	ready(nil)
 	if f.Check {
+		ready(nil)
 		return nil
 	}
 
-	s := &supervisor{execs: map[int]*command{}}
+	s := &supervisor{execs: map[int]*command{}, cgroupFD: -1}
+	if f.CgroupV2 && len(f.Cgroups) == 1 {
+		fd, err := unix.Open(f.Cgroups[0], unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			err = fmt.Errorf("open cgroup: %w", err)
+			ready(err)
+			return err
+		}
+		s.cgroupFD = fd
+	} else if len(f.Cgroups) > 0 {
+		if err := s.startLauncher(f.Cgroups); err != nil {
+			ready(err)
+			return err
+		}
+	}
+	ready(nil)
 	go func() {
 		for {
 			c, err := ln.AcceptUnix()
@@ -327,23 +347,101 @@ func (s *supervisor) start(req Request, fds []int) (*command, int, string) {
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Setsid: true, Setctty: req.TTY, Ctty: 0},
 	}
-	s.mu.Lock()
-	p, err := os.StartProcess(path, req.Argv, attr)
-	var cmd *command
-	if err == nil {
-		cmd = &command{pid: p.Pid, done: make(chan syscall.WaitStatus, 1)}
-		s.execs[p.Pid] = cmd
+	if s.cgroupFD >= 0 {
+		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, s.cgroupFD
 	}
-	s.mu.Unlock()
+	cmd, err := s.fork(path, req.Argv, attr)
 	if err != nil {
 		code := 126
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 			code = 127
 		}
-		return fail(code, "corral: %s: %v", req.Argv[0], errors.Unwrap(err))
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fail(code, "corral: %s: %v", req.Argv[0], err)
 	}
-	_ = p.Release() // reaped by s.reap, never by os.Process.Wait
 	return cmd, 0, ""
+}
+
+// fork starts the process and registers it for reaping, in the
+// workspace's cgroups.
+func (s *supervisor) fork(path string, argv []string, attr *os.ProcAttr) (*command, error) {
+	if s.launcher == nil {
+		return s.forkHere(path, argv, attr)
+	}
+	var (
+		cmd *command
+		err error
+	)
+	done := make(chan struct{})
+	s.launcher <- func() {
+		cmd, err = s.forkHere(path, argv, attr)
+		close(done)
+	}
+	<-done
+	return cmd, err
+}
+
+// startLauncher starts the thread that forks every command on cgroup v1.
+// Membership is per thread there and a child inherits its forking
+// thread's, so this one thread lives in the workspace's cgroups and the
+// commands it forks are inside their limits from their first instruction,
+// while the rest of the supervisor stays outside: its memory is not
+// charged to the workspace, and only this thread counts against pids.
+// (Moving a thread per command would cost about a millisecond per
+// hierarchy: cgroup v1 migration waits for an RCU grace period.) It must
+// not be the main thread, which stands for the whole process in
+// cgroup.procs and to the OOM killer.
+func (s *supervisor) startLauncher(dirs []string) error {
+	reqs := make(chan func())
+	errc := make(chan error, 1)
+	var run func()
+	run = func() {
+		goruntime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		if unix.Gettid() == unix.Getpid() {
+			// Hold the main thread until another goroutine (on another
+			// thread, since this one is locked) has taken the job.
+			go run()
+			<-s.launcherReady
+			goruntime.UnlockOSThread()
+			return
+		}
+		tid := []byte(strconv.Itoa(unix.Gettid()))
+		for _, dir := range dirs {
+			if err := os.WriteFile(filepath.Join(dir, "tasks"), tid, 0); err != nil {
+				errc <- fmt.Errorf("enter cgroup %s: %w", dir, err)
+				close(s.launcherReady)
+				return
+			}
+		}
+		errc <- nil
+		close(s.launcherReady)
+		for f := range reqs {
+			f()
+		}
+	}
+	s.launcherReady = make(chan struct{})
+	go run()
+	if err := <-errc; err != nil {
+		return err
+	}
+	s.launcher = reqs
+	return nil
+}
+
+func (s *supervisor) forkHere(path string, argv []string, attr *os.ProcAttr) (*command, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, err := os.StartProcess(path, argv, attr)
+	if err != nil {
+		return nil, err
+	}
+	cmd := &command{pid: p.Pid, done: make(chan syscall.WaitStatus, 1)}
+	s.execs[p.Pid] = cmd
+	_ = p.Release() // reaped by s.reap, never by os.Process.Wait
+	return cmd, nil
 }
 
 // signal sends sig to the command's process group, unless it has exited.

@@ -204,16 +204,6 @@ func (h *cgroupHost) setLimits(id string, l policy.Limits) error {
 	return nil
 }
 
-// join moves pid (and its future children) into the workspace's cgroups.
-func (h *cgroupHost) join(id string, pid int) error {
-	for _, d := range h.dirs(id) {
-		if err := writeFile(filepath.Join(d, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
-			return fmt.Errorf("join cgroup: %w", err)
-		}
-	}
-	return nil
-}
-
 // procs lists the pids in the workspace's cgroups.
 func (h *cgroupHost) procs(id string) []int {
 	seen := map[int]bool{}

@@ -523,6 +523,12 @@ func (d *Driver) start(ctx context.Context, m *meta) (err error) {
 	if m.Policy.Network.Mode == policy.NetworkAllowlist {
 		flags.Proxy = m.ProxySocket
 	}
+	if d.cg != nil {
+		// Commands start in the cgroups; the supervisor stays out, so
+		// its memory and threads are not counted against the limits.
+		flags.Cgroups = d.cg.dirs(id)
+		flags.CgroupV2 = d.cg.version == "v2"
+	}
 	readyR, readyW, err := os.Pipe()
 	if err != nil {
 		return err
@@ -564,12 +570,6 @@ func (d *Driver) start(ctx context.Context, m *meta) (err error) {
 			}
 		}
 	}()
-	// Into the cgroups before it starts anything: children inherit them.
-	if d.cg != nil {
-		if err := d.cg.join(id, sp.pid); err != nil {
-			return err
-		}
-	}
 	msg := make(chan string, 1)
 	go func() {
 		b := make([]byte, 4096)
