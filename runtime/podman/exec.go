@@ -57,6 +57,23 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	if !data.State.Running {
 		return nil, errdefs.New(errdefs.ErrFailedPrecondition, "not_running", "exec in %s: workspace is not running", id)
 	}
+	if cwd != "" {
+		// Resolve it here: crun would follow a link out of the
+		// workspace, and a missing directory is the caller's error.
+		res, err := d.newResolver(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("exec in %s: %w", id, err)
+		}
+		defer res.Close()
+		if cwd, err = res.resolve(cwd, true); err != nil {
+			return nil, fmt.Errorf("exec in %s: cwd: %w", id, err)
+		}
+		if st, err := res.stat(cwd); err != nil {
+			return nil, fmt.Errorf("exec in %s: cwd: %w", id, err)
+		} else if !st.isDir {
+			return nil, errdefs.Invalid("invalid_cwd", "exec in %s: cwd %q is not a directory in the workspace", id, spec.Cwd)
+		}
+	}
 	argv := spec.Argv
 	if !spec.TTY {
 		argv = append([]string{"/bin/sh", "-c", sessionWrapper, "sh"}, argv...)

@@ -2,15 +2,19 @@ package podman
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"strings"
+	"syscall"
 
 	"github.com/containers/podman/v5/pkg/bindings/containers"
+	"github.com/containers/podman/v5/pkg/bindings/volumes"
 
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/runtime"
@@ -20,29 +24,67 @@ import (
 const maxLinkHops = 40
 
 // resolver resolves workspace paths through the symlinks that exist in the
-// container and those that a tar being extracted adds, refusing any that
+// workspace and those that a tar being extracted adds, refusing any that
 // leads outside the workspace. Paths are relative to the workspace root,
 // cleaned, "" for the root.
+//
+// It reads the workspace's volume on the host (the service is local: the
+// driver talks to it over a unix socket), through an os.Root so that
+// nothing outside the volume is ever touched. The archive API cannot do
+// this: it reports symlink targets already evaluated inside the volume, as
+// if the volume were the root, which hides where a link leads in the
+// container.
 type resolver struct {
-	d     *Driver
-	ctx   context.Context
-	name  string            // container name
+	root  *os.Root
 	links map[string]string // symlinks added by the tar: path → target
 	cache map[string]stat
 }
 
-// stat is what the service says about one path in the container.
+// stat is what one path in the workspace is.
 type stat struct {
 	exists bool
 	isDir  bool
 	link   string // the symlink's target as stored, "" if not a symlink
+	info   os.FileInfo
 }
 
-func (d *Driver) newResolver(ctx context.Context, id string) *resolver {
-	return &resolver{d: d, ctx: ctx, name: containerName(id), links: map[string]string{}, cache: map[string]stat{}}
+// newResolver opens the workspace's volume. The caller closes the
+// resolver.
+func (d *Driver) newResolver(ctx context.Context, id string) (*resolver, error) {
+	dir, err := d.volumeDir(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open workspace volume %s: %w", dir, err)
+	}
+	return &resolver{root: root, links: map[string]string{}, cache: map[string]stat{}}, nil
 }
 
-// stat asks the service about rel, without following a final symlink.
+func (r *resolver) Close() error { return r.root.Close() }
+
+// volumeDir returns the host directory of the workspace's volume.
+func (d *Driver) volumeDir(ctx context.Context, id string) (string, error) {
+	if v, ok := d.volumeDirs.Load(id); ok {
+		return v.(string), nil
+	}
+	v, err := volumes.Inspect(d.ctx(ctx), volumeName(id), nil)
+	if err != nil {
+		err = mapErr(err)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return "", errdefs.NotFound("workspace %s not found", id)
+		}
+		return "", fmt.Errorf("inspect volume: %w", err)
+	}
+	if v.Mountpoint == "" {
+		return "", errdefs.New(errdefs.ErrFailedPrecondition, "volume_not_local", "volume %s has no local mount point", v.Name)
+	}
+	d.volumeDirs.Store(id, v.Mountpoint)
+	return v.Mountpoint, nil
+}
+
+// stat looks at rel without following a final symlink.
 func (r *resolver) stat(rel string) (stat, error) {
 	if s, ok := r.cache[rel]; ok {
 		return s, nil
@@ -50,21 +92,23 @@ func (r *resolver) stat(rel string) (stat, error) {
 	if t, ok := r.links[rel]; ok {
 		return stat{exists: true, link: t}, nil
 	}
-	rep, err := containers.Stat(r.d.ctx(r.ctx), r.name, path.Join(runtime.WorkspaceDir, rel))
+	name := rel
+	if name == "" {
+		name = "."
+	}
 	var s stat
+	fi, err := r.root.Lstat(name)
 	switch {
 	case err == nil:
-		s.exists = true
-		s.isDir = rep.IsDir
-		if rep.Mode&os.ModeSymlink != 0 {
-			s.link = rep.LinkTarget
-			if s.link == "" {
-				s.link = "/" // unknown target: treat as leaving
+		s = stat{exists: true, isDir: fi.IsDir(), info: fi}
+		if fi.Mode()&os.ModeSymlink != 0 {
+			if s.link, err = r.root.Readlink(name); err != nil {
+				return stat{}, fmt.Errorf("read link %s: %w", rel, err)
 			}
 		}
-	case errors.Is(mapErr(err), errdefs.ErrNotFound):
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
 	default:
-		return stat{}, fmt.Errorf("stat %s: %w", rel, mapErr(err))
+		return stat{}, fmt.Errorf("stat %s: %w", rel, err)
 	}
 	r.cache[rel] = s
 	return s, nil
@@ -127,7 +171,10 @@ func linkTarget(dir, target string) (string, bool) {
 		return "", true
 	}
 	rel, ok := strings.CutPrefix(abs, runtime.WorkspaceDir+"/")
-	return rel, ok
+	if !ok {
+		return "", false
+	}
+	return rel, true
 }
 
 func split(p string) []string {
@@ -150,7 +197,11 @@ func (d *Driver) CopyIn(ctx context.Context, id, dir string, r io.Reader) error 
 	if _, err := d.inspect(ctx, id); err != nil {
 		return fmt.Errorf("copy into %s: %w", id, err)
 	}
-	res := d.newResolver(ctx, id)
+	res, err := d.newResolver(ctx, id)
+	if err != nil {
+		return fmt.Errorf("copy into %s: %w", id, err)
+	}
+	defer res.Close()
 	base, err := res.resolve(dir, true)
 	if err != nil {
 		return fmt.Errorf("copy into %s: %w", id, err)
@@ -212,7 +263,7 @@ func (d *Driver) rewriteTar(res *resolver, base string, in io.Reader, out io.Wri
 			return errdefs.Invalid("invalid_tar", "read tar: %v", err)
 		}
 		name, err := runtime.CleanPath(h.Name)
-		if err != nil {
+		if err != nil || path.IsAbs(h.Name) {
 			return runtime.EscapeError(h.Name)
 		}
 		if name == "" {
@@ -231,9 +282,8 @@ func (d *Driver) rewriteTar(res *resolver, base string, in io.Reader, out io.Wri
 		}
 		switch h.Typeflag {
 		case tar.TypeSymlink:
-			if _, ok := linkTarget(path.Dir(full), h.Linkname); !ok {
-				return runtime.EscapeError(h.Name)
-			}
+			// A link may point anywhere; only paths through it are
+			// resolved and refused if they leave.
 			res.links[full] = h.Linkname
 			delete(res.cache, full)
 		case tar.TypeLink:
@@ -276,15 +326,25 @@ func (d *Driver) CopyOut(ctx context.Context, id, p string) (io.ReadCloser, erro
 	if _, err := d.inspect(ctx, id); err != nil {
 		return nil, fmt.Errorf("copy from %s: %w", id, err)
 	}
-	res := d.newResolver(ctx, id)
+	res, err := d.newResolver(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("copy from %s: %w", id, err)
+	}
+	defer res.Close()
 	resolved, err := res.resolve(rel, false)
 	if err != nil {
 		return nil, fmt.Errorf("copy from %s: %w", id, err)
 	}
-	if s, err := res.stat(resolved); err != nil {
+	st, err := res.stat(resolved)
+	if err != nil {
 		return nil, fmt.Errorf("copy from %s: %w", id, err)
-	} else if !s.exists {
+	}
+	if !st.exists {
 		return nil, errdefs.NotFound("copy from %s: %q does not exist", id, p)
+	}
+	if st.link != "" {
+		// The service would follow it; archive the link itself.
+		return symlinkTar(path.Base("/"+resolved), st)
 	}
 	pr, pw := io.Pipe()
 	copyFn, err := containers.CopyToArchive(d.ctx(ctx), containerName(id), path.Join(runtime.WorkspaceDir, resolved), pw)
@@ -298,5 +358,53 @@ func (d *Driver) CopyOut(ctx context.Context, id, p string) (io.ReadCloser, erro
 		}
 		pw.CloseWithError(err)
 	}()
-	return pr, nil
+	out, outW := io.Pipe()
+	go func() {
+		err := normalizeTar(pr, outW)
+		pr.CloseWithError(err) // stop the service's stream if we stopped early
+		outW.CloseWithError(err)
+	}()
+	return out, nil
+}
+
+// normalizeTar copies a tar stream, naming directories with a trailing
+// slash as the rest of Corral does (the service omits it).
+func normalizeTar(in io.Reader, out io.Writer) error {
+	tr := tar.NewReader(in)
+	tw := tar.NewWriter(out)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return tw.Close()
+		}
+		if err != nil {
+			return err
+		}
+		if h.Typeflag == tar.TypeDir && !strings.HasSuffix(h.Name, "/") {
+			h.Name += "/"
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if _, err := io.Copy(tw, tr); err != nil {
+			return err
+		}
+	}
+}
+
+// symlinkTar is a tar stream holding one symlink.
+func symlinkTar(name string, st stat) (io.ReadCloser, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	h := &tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: st.link, Mode: 0o777}
+	if st.info != nil {
+		h.ModTime = st.info.ModTime()
+	}
+	if err := tw.WriteHeader(h); err != nil {
+		return nil, err
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return io.NopCloser(&buf), nil
 }

@@ -80,8 +80,8 @@ type Driver struct {
 	version  string
 	limits   hostLimits
 
-	mu     sync.Mutex
-	closed bool
+	// volumeDirs caches the host directory of each workspace's volume.
+	volumeDirs sync.Map
 }
 
 var (
@@ -463,6 +463,7 @@ func (d *Driver) Stop(ctx context.Context, id string) error {
 // Idempotent: a missing workspace (or a half-removed one) succeeds.
 func (d *Driver) Remove(ctx context.Context, id string) error {
 	c := d.ctx(ctx)
+	d.volumeDirs.Delete(id)
 	_, err := d.inspect(ctx, id)
 	switch {
 	case err == nil:
@@ -556,9 +557,9 @@ func (d *Driver) List(ctx context.Context) ([]runtime.Status, error) {
 
 // Close implements runtime.Runtime. Workspaces keep running.
 func (d *Driver) Close() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.closed = true
+	if c, err := bindings.GetClient(d.conn); err == nil {
+		c.Client.CloseIdleConnections()
+	}
 	return nil
 }
 

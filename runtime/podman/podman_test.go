@@ -1,0 +1,406 @@
+package podman
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containers/podman/v5/pkg/bindings/containers"
+	"github.com/containers/podman/v5/pkg/bindings/images"
+	"github.com/containers/podman/v5/pkg/bindings/volumes"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/internal/enginetest"
+	"github.com/corralhq/corral/internal/testbin"
+	"github.com/corralhq/corral/policy"
+	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/runtime/runtimetest"
+)
+
+// modes are the two services every engine test runs against.
+var modes = []struct {
+	name     string
+	rootless bool
+}{{"rootful", false}, {"rootless", true}}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// open opens the driver against the rootful or rootless test service with
+// a server ID of its own, and checks when t ends that nothing carrying that
+// ID is left behind.
+func open(t testing.TB, rootless bool, extra map[string]string) *Driver {
+	t.Helper()
+	opts := enginetest.Podman(t, rootless)
+	for k, v := range extra {
+		opts[k] = v
+	}
+	serverID := "test-" + randHex(6)
+	rt, err := runtime.Open(Name, runtime.Config{
+		ServerID: serverID,
+		InitPath: testbin.Corral(t),
+		Options:  opts,
+		Logger:   hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Warn, Output: io.Discard}),
+	})
+	if err != nil {
+		t.Fatalf("open podman driver: %v", err)
+	}
+	d := rt.(*Driver)
+	t.Cleanup(func() {
+		assertNothingLeft(t, d)
+		d.Close()
+	})
+	return d
+}
+
+// assertNothingLeft fails t if any container or volume labelled with d's
+// server ID still exists.
+func assertNothingLeft(t testing.TB, d *Driver) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := d.ctx(ctx)
+	filter := map[string][]string{"label": {runtime.LabelServer + "=" + d.serverID}}
+	all := true
+	ctrs, err := containers.List(c, &containers.ListOptions{All: &all, Filters: filter})
+	if err != nil {
+		t.Errorf("list containers: %v", err)
+	}
+	for _, x := range ctrs {
+		t.Errorf("container %v (%s) left behind", x.Names, x.State)
+	}
+	vols, err := volumes.List(c, &volumes.ListOptions{Filters: filter})
+	if err != nil {
+		t.Errorf("list volumes: %v", err)
+	}
+	for _, v := range vols {
+		t.Errorf("volume %s left behind", v.Name)
+	}
+	if l, err := d.List(ctx); err != nil || len(l) != 0 {
+		t.Errorf("List after the test: %v, %v", l, err)
+	}
+}
+
+func TestConformance(t *testing.T) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			d := open(t, m.rootless, nil)
+			runtimetest.Run(t, d, runtimetest.Options{Image: enginetest.TestImage})
+		})
+	}
+}
+
+// workspace creates and starts a workspace with p, removed when t ends.
+func workspace(t *testing.T, d *Driver, p policy.Policy) string {
+	t.Helper()
+	id := "ws_pm_" + randHex(5)
+	ctx := context.Background()
+	if err := d.Create(ctx, runtime.Spec{ID: id, Image: enginetest.TestImage, Policy: p, Labels: map[string]string{"purpose": "podman-test"}}); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := d.Remove(context.Background(), id); err != nil {
+			t.Errorf("Remove: %v", err)
+		}
+	})
+	if err := d.Start(ctx, id); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	return id
+}
+
+func sh(t *testing.T, d *Driver, id, script string) (runtime.ExitResult, string) {
+	t.Helper()
+	var out bytes.Buffer
+	res, err := runtime.Run(context.Background(), d, id, runtime.ExecSpec{Argv: []string{"sh", "-c", script}, Stdout: &out, Stderr: &out})
+	if err != nil {
+		t.Fatalf("run %q: %v", script, err)
+	}
+	return res, out.String()
+}
+
+func TestRootlessCgroupV1Capabilities(t *testing.T) {
+	d := open(t, true, nil)
+	if !d.Rootless() {
+		t.Fatalf("the rootless test service reports rootful")
+	}
+	if d.cgroupV2 {
+		t.Skip("this host runs cgroup v2; the v1 limitation does not apply")
+	}
+	s := d.Capabilities().Policy
+	if s.Memory || s.CPU || s.Pids {
+		t.Errorf("rootless on cgroup v1 claims it can enforce memory=%v cpu=%v pids=%v", s.Memory, s.CPU, s.Pids)
+	}
+	for _, f := range []string{"memory", "cpu", "pids"} {
+		if !strings.Contains(s.Why[f], "cgroups V1 rootless") {
+			t.Errorf("Why[%s] = %q, want the engine's reason", f, s.Why[f])
+		}
+	}
+	if !s.NoFile || !s.SupportsNetwork(policy.NetworkNone) || !s.SupportsNetwork(policy.NetworkOpen) {
+		t.Errorf("rootless lost nofile or network modes: %+v", s)
+	}
+	// The policy layer refuses, and so does Create, leaving nothing.
+	p := policy.Policy{Limits: policy.Limits{Memory: 64 << 20}, Network: policy.Network{Mode: policy.NetworkNone}}
+	err := policy.Check(Name, p, s)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "memory") {
+		t.Errorf("policy.Check: %v, want unsupported memory", err)
+	}
+	err = d.Create(context.Background(), runtime.Spec{ID: "ws_pm_" + randHex(5), Image: enginetest.TestImage, Policy: p})
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || errdefs.Code(err) != "unsupported_limit" {
+		t.Errorf("Create with a memory limit: %v, want unsupported_limit", err)
+	}
+	// The rootful service on the same host can.
+	r := open(t, false, nil).Capabilities().Policy
+	if !r.Memory || !r.CPU || !r.Pids {
+		t.Errorf("rootful cannot enforce memory=%v cpu=%v pids=%v", r.Memory, r.CPU, r.Pids)
+	}
+}
+
+func TestNetworkNone(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			d := open(t, m.rootless, nil)
+			id := workspace(t, d, policy.Policy{Network: policy.Network{Mode: policy.NetworkNone}})
+			res, out := sh(t, d, id, "ls /sys/class/net")
+			if res.ExitCode != 0 || strings.Fields(out)[0] != "lo" || len(strings.Fields(out)) != 1 {
+				t.Errorf("interfaces in network none: %+v %q, want only lo", res, out)
+			}
+			res, out = sh(t, d, id, fmt.Sprintf("echo hi | nc 127.0.0.1 %d", port))
+			if res.ExitCode == 0 {
+				t.Errorf("nc to the host's 127.0.0.1:%d from network none succeeded: %q", port, out)
+			}
+			if n := accepted.Load(); n != 0 {
+				t.Errorf("the host listener accepted %d connections from network none", n)
+			}
+		})
+	}
+}
+
+func TestMemoryLimitOOM(t *testing.T) {
+	d := open(t, false, nil)
+	id := workspace(t, d, policy.Policy{
+		Limits:  policy.Limits{Memory: 32 << 20, Pids: 64, CPUs: 0.5},
+		Network: policy.Network{Mode: policy.NetworkNone},
+	})
+	// dd allocates its 128MiB block and fills it: over the limit, no swap.
+	res, out := sh(t, d, id, "dd if=/dev/zero of=/dev/null bs=128M count=1")
+	if !res.OOMKilled || res.ExitCode != 137 {
+		t.Errorf("dd bs=128M under a 32MiB limit: %+v %q, want OOM-killed exit 137", res, out)
+	}
+	// Below the limit works, and the workspace is still usable.
+	res, out = sh(t, d, id, "dd if=/dev/zero of=/dev/null bs=4M count=1")
+	if res.ExitCode != 0 || res.OOMKilled {
+		t.Errorf("dd bs=4M: %+v %q", res, out)
+	}
+	// The other limits are in force as well.
+	_, out = sh(t, d, id, "cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max")
+	if f := strings.Fields(out); len(f) < 3 || f[0] != "64" || f[1] != "50000" {
+		t.Errorf("pids.max, cpu quota in the sandbox: %q, want 64 and 50000", out)
+	}
+}
+
+func TestLabels(t *testing.T) {
+	d := open(t, false, nil)
+	id := workspace(t, d, policy.Policy{Network: policy.Network{Mode: policy.NetworkNone}})
+	c := d.ctx(context.Background())
+	data, err := containers.Inspect(c, containerName(id), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol, err := volumes.Inspect(c, volumeName(id), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		runtime.LabelManaged: "true", runtime.LabelWorkspace: id, runtime.LabelServer: d.serverID, "purpose": "podman-test",
+	}
+	for k, v := range want {
+		if got := data.Config.Labels[k]; got != v {
+			t.Errorf("container label %s = %q, want %q", k, got, v)
+		}
+		if got := vol.Labels[k]; got != v {
+			t.Errorf("volume label %s = %q, want %q", k, got, v)
+		}
+	}
+	// Another server on the same engine sees nothing of it.
+	other := open(t, false, nil)
+	if _, err := other.Inspect(context.Background(), id); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("another server's Inspect: %v, want ErrNotFound", err)
+	}
+	if err := other.Remove(context.Background(), id); err != nil {
+		t.Errorf("another server's Remove: %v", err)
+	}
+	if st, err := d.Inspect(context.Background(), id); err != nil || st.State != runtime.StateRunning {
+		t.Errorf("after another server's Remove: %+v, %v", st, err)
+	}
+}
+
+func TestCreateFailureLeavesNothing(t *testing.T) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			d := open(t, m.rootless, nil)
+			id := "ws_pm_" + randHex(5)
+			err := d.Create(context.Background(), runtime.Spec{ID: id, Image: "localhost/corral-no-such-image:" + randHex(4),
+				Policy: policy.Policy{Network: policy.Network{Mode: policy.NetworkNone}}})
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || errdefs.Code(err) != "image_not_found" {
+				t.Errorf("Create with a missing image: %v (code %q), want image_not_found", err, errdefs.Code(err))
+			}
+			if _, err := d.Inspect(context.Background(), id); !errors.Is(err, errdefs.ErrNotFound) {
+				t.Errorf("Inspect after a failed Create: %v", err)
+			}
+			// assertNothingLeft runs at cleanup.
+		})
+	}
+}
+
+// startRegistry runs Debian's docker-registry on addr with its storage in a
+// temporary directory, until t ends.
+func startRegistry(t *testing.T, addr string) {
+	t.Helper()
+	bin, err := exec.LookPath("docker-registry")
+	if err != nil {
+		enginetest.Unavailable(t, "docker-registry", "sudo .ci/setup-podman.sh", err)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yml")
+	conf := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "serve", cfg)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start registry: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("registry exited: %v\n%s", err, logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registry on %s did not answer: %v\n%s", addr, err, logs.String())
+		}
+	}
+}
+
+func TestPullFromLocalRegistry(t *testing.T) {
+	const registry = "127.0.0.1:5001"
+	startRegistry(t, registry)
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			d := open(t, m.rootless, map[string]string{"insecure_registries": registry})
+			ctx := context.Background()
+			c := d.ctx(ctx)
+			ref := registry + "/corral/pulltest:" + randHex(4)
+			skip := true
+			if err := images.Push(c, enginetest.TestImage, ref, &images.PushOptions{SkipTLSVerify: &skip, ProgressWriter: ptr[io.Writer](io.Discard)}); err != nil {
+				t.Fatalf("push %s: %v", ref, err)
+			}
+			defer images.Remove(c, []string{ref}, nil)
+			var updates []runtime.PullProgress
+			if err := d.Pull(ctx, ref, func(p runtime.PullProgress) { updates = append(updates, p) }); err != nil {
+				t.Fatalf("Pull: %v", err)
+			}
+			if ok, err := images.Exists(c, ref, nil); err != nil || !ok {
+				t.Fatalf("image %s after Pull: exists=%v, %v", ref, ok, err)
+			}
+			var blobs int
+			for _, u := range updates {
+				if strings.HasPrefix(u.Status, "Copying blob") && u.Layer != "" {
+					blobs++
+				}
+			}
+			if blobs == 0 || updates[len(updates)-1].Status != "Pull complete" {
+				t.Errorf("progress updates %+v: want a blob with its layer and a final Pull complete", updates)
+			}
+			// Present: not pulled again.
+			updates = nil
+			if err := d.Pull(ctx, ref, func(p runtime.PullProgress) { updates = append(updates, p) }); err != nil || len(updates) != 0 {
+				t.Errorf("second Pull: %v, updates %+v", err, updates)
+			}
+			// A workspace runs from it.
+			id := "ws_pm_" + randHex(5)
+			if err := d.Create(ctx, runtime.Spec{ID: id, Image: ref, Policy: policy.Policy{Network: policy.Network{Mode: policy.NetworkNone}}}); err != nil {
+				t.Fatalf("Create from the pulled image: %v", err)
+			}
+			defer d.Remove(ctx, id)
+
+			err := d.Pull(ctx, registry+"/corral/no-such-image:latest", nil)
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || errdefs.Code(err) != "image_not_found" {
+				t.Errorf("Pull of a missing image: %v (code %q), want image_not_found", err, errdefs.Code(err))
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestServiceURI(t *testing.T) {
+	for _, tc := range []struct {
+		opt, env, xdg string
+		euid          int
+		want          string
+	}{
+		{"unix:///x.sock", "unix:///env.sock", "/run/user/5", 5, "unix:///x.sock"},
+		{"", "unix:///env.sock", "/run/user/5", 5, "unix:///env.sock"},
+		{"", "", "/run/user/5", 5, "unix:///run/user/5/podman/podman.sock"},
+		{"", "", "/run/user/0", 0, "unix:///run/podman/podman.sock"},
+		{"", "", "", 1000, "unix:///run/podman/podman.sock"},
+	} {
+		if got := serviceURI(tc.opt, tc.env, tc.xdg, tc.euid); got != tc.want {
+			t.Errorf("serviceURI(%q, %q, %q, %d) = %q, want %q", tc.opt, tc.env, tc.xdg, tc.euid, got, tc.want)
+		}
+	}
+}
