@@ -13,6 +13,9 @@ import (
 	"testing"
 )
 
+// Tags are the build tags every build of corral uses (see the Makefile).
+const Tags = "remote exclude_graphdriver_btrfs containers_image_openpgp"
+
 var (
 	once sync.Once
 	path string
@@ -36,7 +39,8 @@ func Corral(t testing.TB) string {
 			return
 		}
 		path = filepath.Join(dir, "corral")
-		cmd := exec.Command("go", "build", "-o", path, "./cmd/corral")
+		// The same tags as the Makefile: the podman bindings need them.
+		cmd := exec.Command("go", "build", "-tags", Tags, "-o", path, "./cmd/corral")
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		out, err = cmd.CombinedOutput()
