@@ -4,9 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/corralhq/corral/conversation/openai"
+	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/store"
 )
 
@@ -15,7 +22,7 @@ func (s *Service) agentFor(c store.Conversation) (Agent, error) {
 	llm := s.cfg.LLM
 	if c.LLMBaseURL != "" && c.LLMBaseURL != llm.BaseURL {
 		// Never send the server's key to an endpoint the user chose.
-		llm.BaseURL, llm.APIKey = c.LLMBaseURL, ""
+		llm.BaseURL, llm.APIKey, llm.userChosen = c.LLMBaseURL, "", true
 	}
 	if c.LLMModel != "" {
 		llm.Model = c.LLMModel
@@ -36,13 +43,45 @@ func (s *Service) newOpenAIAgent(c store.Conversation, llm LLMConfig) (Agent, er
 		BaseURL: llm.BaseURL, Model: llm.Model, APIKey: llm.APIKey,
 		Timeout: s.cfg.LLMTimeout, MaxRetries: s.cfg.LLMRetries,
 		MinBackoff: s.cfg.LLMMinBackoff, MaxBackoff: s.cfg.LLMMaxBackoff,
-		HTTPClient: s.cfg.HTTPClient,
+		HTTPClient: s.llmHTTPClient(llm.userChosen),
 		Logger:     s.log.Named("llm").With("conversation_id", c.ID),
 	})
 	if err != nil {
 		return nil, err
 	}
 	return &OpenAIAgent{Client: client, SystemPrompt: s.cfg.SystemPrompt}, nil
+}
+
+// llmHTTPClient is the client for the default agent: for an endpoint a user
+// chose, one that refuses to connect to denied addresses (unless the
+// operator allows them) and ignores proxy settings, so the check applies to
+// the endpoint itself.
+func (s *Service) llmHTTPClient(userChosen bool) *http.Client {
+	if !userChosen || s.cfg.AllowPrivateLLMOverride {
+		return s.cfg.HTTPClient
+	}
+	s.guardOnce.Do(func() {
+		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: denyPrivate}
+		s.guarded = &http.Client{Transport: &http.Transport{
+			DialContext: d.DialContext, ForceAttemptHTTP2: true, MaxIdleConns: 100,
+			IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 10 * time.Second,
+		}}
+	})
+	return s.guarded
+}
+
+// denyPrivate is a net.Dialer Control that refuses the addresses the egress
+// proxy refuses by default (loopback, link-local, private ranges).
+func denyPrivate(network, address string, _ syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "llm_address_denied", "LLM endpoint address %q is not an IP address", address)
+	}
+	if policy.IsDenied(ap.Addr()) {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "llm_address_denied",
+			"LLM endpoint %s is a loopback, link-local or private address, which conversations may not use unless the operator allows it (CORRAL_LLM_ALLOW_PRIVATE)", ap.Addr())
+	}
+	return nil
 }
 
 // OpenAIAgent is the default agent: each step is one chat-completions call

@@ -159,6 +159,8 @@ type LLMConfig struct {
 	BaseURL string `json:"base_url,omitempty"`
 	Model   string `json:"model,omitempty"`
 	APIKey  string `json:"api_key,omitempty"`
+
+	userChosen bool // BaseURL is a conversation's own, not the server's
 }
 
 // Config configures a Service. Zero fields take the documented defaults.
@@ -193,6 +195,11 @@ type Config struct {
 	// SubscriberBuffer is how many live events a subscriber may fall
 	// behind before it is dropped with ErrLagged (default 1024).
 	SubscriberBuffer int
+	// AllowPrivateLLMOverride lets a conversation's own llm.base_url reach
+	// loopback, link-local and private addresses. Off by default, so that
+	// users cannot make the server call its own network; the server's
+	// configured endpoint (for example a local Ollama) is always allowed.
+	AllowPrivateLLMOverride bool
 	// NewAgent makes each conversation's agent; default: the
 	// OpenAI-compatible agent.
 	NewAgent   AgentFactory
@@ -202,7 +209,8 @@ type Config struct {
 
 // ConfigFromEnv reads CORRAL_LLM_BASE_URL, CORRAL_LLM_MODEL,
 // CORRAL_LLM_API_KEY, CORRAL_SECRET_KEY, and optionally
-// CORRAL_AGENT_MAX_STEPS and CORRAL_LLM_TIMEOUT (a Go duration).
+// CORRAL_AGENT_MAX_STEPS, CORRAL_LLM_TIMEOUT (a Go duration) and
+// CORRAL_LLM_ALLOW_PRIVATE (1 or true: AllowPrivateLLMOverride).
 func ConfigFromEnv() Config {
 	c := Config{
 		LLM: LLMConfig{
@@ -217,6 +225,9 @@ func ConfigFromEnv() Config {
 	}
 	if d, err := time.ParseDuration(os.Getenv("CORRAL_LLM_TIMEOUT")); err == nil && d > 0 {
 		c.LLMTimeout = d
+	}
+	if b, err := strconv.ParseBool(os.Getenv("CORRAL_LLM_ALLOW_PRIVATE")); err == nil {
+		c.AllowPrivateLLMOverride = b
 	}
 	return c
 }

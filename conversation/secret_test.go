@@ -14,6 +14,7 @@ func TestConversationKeyIsSealedAndUsed(t *testing.T) {
 	llm := newLLM(t, reply{content: "a"}, reply{content: "b"}, reply{content: "c"})
 	cfg := testConfig("http://127.0.0.1:1/unused")
 	cfg.SecretKey = "0123456789abcdef-server-secret"
+	cfg.AllowPrivateLLMOverride = true // the scripted LLM is on loopback
 	f := newFixture(t, cfg)
 	ctx := context.Background()
 
@@ -86,5 +87,23 @@ func TestShortSecretIsRefused(t *testing.T) {
 	cfg.SecretKey = "short"
 	if _, err := conversation.New(nil, nil, cfg); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("short secret: %v", err)
+	}
+}
+
+func TestUserChosenEndpointCannotReachPrivateAddresses(t *testing.T) {
+	llm := newLLM(t)
+	f := newFixture(t, testConfig("http://127.0.0.1:1/v1"))
+	ctx := context.Background()
+	c := f.create(conversation.LLMConfig{BaseURL: llm.URL()})
+	sub, _ := f.svc.Subscribe(ctx, f.alice.ID, c.ID, 0)
+	defer sub.Close()
+	f.svc.Send(ctx, f.alice.ID, c.ID, "hi")
+	evs := waitState(t, sub, conversation.StateError)
+	p := payload[conversation.ErrorPayload](t, ofKind(evs, conversation.KindError)[0])
+	if p.Code != "llm_address_denied" {
+		t.Fatalf("error %+v", p)
+	}
+	if n := len(llm.Requests()); n != 0 {
+		t.Fatalf("%d requests reached a loopback endpoint chosen by a user", n)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -31,6 +32,9 @@ type Service struct {
 	baseCtx context.Context // parent of every agent run; cancelled by Close
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup // agent runs
+
+	guardOnce sync.Once
+	guarded   *http.Client // for user-chosen LLM endpoints; see llmHTTPClient
 
 	mu      sync.Mutex // guards lives, closing; taken after a live's mu, never before
 	lives   map[string]*live

@@ -254,7 +254,11 @@ func (c *Client) attempt(ctx context.Context, url string, body []byte) (Choice, 
 		if errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 			return Choice{}, 0, 0, fmt.Errorf("LLM call timed out after %s", c.cfg.Timeout)
 		}
-		// Strip the URL's own text of nothing secret: the key is in a header.
+		if errors.Is(err, errdefs.ErrFailedPrecondition) {
+			// Refused by the caller's dialer (an address it may not
+			// reach): trying again changes nothing.
+			return Choice{}, -1, 0, fmt.Errorf("LLM request: %w", err)
+		}
 		return Choice{}, 0, 0, fmt.Errorf("LLM request: %w", err)
 	}
 	defer resp.Body.Close()
