@@ -203,15 +203,11 @@ func (s *Service) finishUnlessPending(l *live, r *run, state State) bool {
 func (s *Service) history(ctx context.Context, id string) ([]store.Event, error) {
 	var out []store.Event
 	for after := int64(0); ; {
-		page, err := s.db.ListEvents(ctx, id, after, store.MaxPageSize)
+		page, err := s.db.ListEventsExcept(ctx, id, after, store.MaxPageSize, KindOutput)
 		if err != nil {
 			return nil, fmt.Errorf("load history of conversation %s: %w", id, err)
 		}
-		for _, e := range page {
-			if e.Kind != KindOutput {
-				out = append(out, e)
-			}
-		}
+		out = append(out, page...)
 		if len(page) < store.MaxPageSize {
 			return out, nil
 		}

@@ -271,13 +271,23 @@ func (db *DB) EventRange(ctx context.Context, conversationID string, after, upTo
 	return db.listEvents(ctx, conversationID, after, upTo, clampLimit(limit))
 }
 
-func (db *DB) listEvents(ctx context.Context, conversationID string, after, upTo int64, limit int) ([]Event, error) {
+// ListEventsExcept is ListEvents without the events of the given kind (the
+// agent's history leaves out streamed output, which can be large).
+func (db *DB) ListEventsExcept(ctx context.Context, conversationID string, after int64, limit int, kind string) ([]Event, error) {
+	return db.listEvents(ctx, conversationID, after, -1, clampLimit(limit), kind)
+}
+
+func (db *DB) listEvents(ctx context.Context, conversationID string, after, upTo int64, limit int, exceptKinds ...string) ([]Event, error) {
 	q := `SELECT id, seq, at, source, kind, payload FROM conversation_events
 	      WHERE conversation_id = ? AND seq > ?`
 	args := []any{conversationID, after}
 	if upTo >= 0 {
 		q += " AND seq <= ?"
 		args = append(args, upTo)
+	}
+	for _, k := range exceptKinds {
+		q += " AND kind != ?"
+		args = append(args, k)
 	}
 	q += " ORDER BY seq LIMIT ?"
 	args = append(args, limit)

@@ -153,12 +153,22 @@ func TestAppendEventsConcurrentSeqHasNoGaps(t *testing.T) {
 	if got.LastSeq != writers*each {
 		t.Fatalf("last_seq %d", got.LastSeq)
 	}
+	if n, err := db.ConversationsOfWorkspace(ctx, ws.ID); err != nil || len(n) != 1 || n[0].ID != c.ID {
+		t.Fatalf("conversations of the workspace: %v, %v", n, err)
+	}
 	rng, err := db.EventRange(ctx, c.ID, 10, 15, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(rng) != 5 || rng[0].Seq != 11 || rng[4].Seq != 15 {
 		t.Fatalf("range %v", rng)
+	}
+	if _, err := db.AppendEvents(ctx, c.ID, "", Event{Kind: "message", Source: "user"}); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := db.ListEventsExcept(ctx, c.ID, 0, 0, "output")
+	if err != nil || len(msgs) != 1 || msgs[0].Seq != writers*each+1 || msgs[0].Kind != "message" {
+		t.Fatalf("events except output: %v, %v", msgs, err)
 	}
 }
 
