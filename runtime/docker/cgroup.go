@@ -3,49 +3,77 @@ package docker
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/moby/moby/client"
 )
 
-// The memory cgroup's OOM-kill counter tells whether the kernel's OOM killer
-// struck in a container: the exec API reports only an exit code (137, like
-// any SIGKILL), and the engine's own OOMKilled flag covers PID 1 only.
+// A container's processes can be signalled from the host, and its memory
+// cgroup's OOM-kill counter read, only when the engine runs on this machine
+// in our PID namespace (corral itself in a container, with the engine's
+// socket mounted in, sees other PIDs). The driver checks this per container:
+// PID 1's cgroup must name the container. The OOM counter tells whether the
+// kernel's OOM killer struck while a command ran: the exec API reports only
+// an exit code (137, like any SIGKILL), and the engine's OOMKilled flag
+// covers PID 1 only.
 
-// oomFileCached is the container's OOM counter file, if already found.
-func (d *Driver) oomFileCached(container string) string {
-	if v, ok := d.oomFiles.Load(container); ok {
-		// The container may have been re-created under the same name by
-		// someone else: a cgroup that is gone is forgotten.
-		if _, err := os.Stat(v.(string)); err == nil {
-			return v.(string)
+// hostView is what the host sees of one container.
+type hostView struct {
+	containerID string
+	visible     bool   // its processes are in our PID namespace
+	oomFile     string // its memory cgroup's OOM counter, "" if unknown
+}
+
+// view returns the host's view of the container name, probing it once (an
+// inspect) and again whenever the cached one has gone stale (the container
+// was re-created under the same name).
+func (d *Driver) view(ctx context.Context, name string) hostView {
+	if !d.local {
+		return hostView{}
+	}
+	if v, ok := d.views.Load(name); ok {
+		hv := v.(hostView)
+		if hv.oomFile == "" || fileExists(hv.oomFile) {
+			return hv
 		}
-		d.oomFiles.Delete(container)
+		d.views.Delete(name)
 	}
-	return ""
+	ins, err := d.cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+	if err != nil || ins.Container.State == nil || ins.Container.State.Pid <= 0 {
+		return hostView{} // not running: the exec will say so
+	}
+	hv := hostView{containerID: ins.Container.ID}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(ins.Container.State.Pid) + "/cgroup")
+	if err != nil || !bytes.Contains(b, []byte(ins.Container.ID)) {
+		d.views.Store(name, hv)
+		return hv
+	}
+	hv.visible = true
+	hv.oomFile = oomCounterFile(b)
+	d.views.Store(name, hv)
+	return hv
 }
 
-// oomFileFor finds the OOM counter file of the memory cgroup that host
-// process pid belongs to, and remembers it for container. "" if the host
-// does not show it (remote engine, no memory controller).
-func (d *Driver) oomFileFor(container string, pid int) string {
-	if pid <= 0 {
-		return ""
-	}
-	f := oomCounterFile(pid)
-	if f != "" {
-		d.oomFiles.Store(container, f)
-	}
-	return f
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
-func oomCounterFile(pid int) string {
+// ownedBy reports whether host process pid belongs to the container.
+func ownedBy(pid int, containerID string) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
-	if err != nil {
-		return ""
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
+	return err == nil && containerID != "" && bytes.Contains(b, []byte(containerID))
+}
+
+// oomCounterFile finds the OOM counter file of the memory cgroup named in a
+// /proc/PID/cgroup file's content: memory.oom_control on cgroup v1,
+// memory.events on v2.
+func oomCounterFile(procCgroup []byte) string {
+	sc := bufio.NewScanner(bytes.NewReader(procCgroup))
 	var v2 string
 	for sc.Scan() {
 		parts := strings.SplitN(sc.Text(), ":", 3)
@@ -58,16 +86,14 @@ func oomCounterFile(pid int) string {
 		}
 		for _, c := range strings.Split(parts[1], ",") {
 			if c == "memory" {
-				f := filepath.Join("/sys/fs/cgroup/memory", parts[2], "memory.oom_control")
-				if _, err := os.Stat(f); err == nil {
+				if f := filepath.Join("/sys/fs/cgroup/memory", parts[2], "memory.oom_control"); fileExists(f) {
 					return f
 				}
 			}
 		}
 	}
 	if v2 != "" {
-		f := filepath.Join("/sys/fs/cgroup", v2, "memory.events")
-		if _, err := os.Stat(f); err == nil {
+		if f := filepath.Join("/sys/fs/cgroup", v2, "memory.events"); fileExists(f) {
 			return f
 		}
 	}

@@ -49,13 +49,12 @@ type Driver struct {
 	image    string
 	host     string
 	caps     runtime.Capabilities
-	// local is true when the engine's containers are visible in this host's
-	// /proc (same machine, same PID namespace): signals and OOM detection
-	// for commands then go through the host.
+	// local is true when the engine listens on a unix socket, so it may
+	// run on this machine; each container's view confirms it (see view).
 	local bool
 
-	locks    sync.Map // workspace ID → *sync.Mutex, serialising lifecycle calls
-	oomFiles sync.Map // container name → its memory cgroup's OOM counter file
+	locks sync.Map // workspace ID → *sync.Mutex, serialising lifecycle calls
+	views sync.Map // container name → hostView
 }
 
 var (
@@ -126,17 +125,10 @@ func Open(ctx context.Context, cfg runtime.Config) (*Driver, error) {
 	return d, nil
 }
 
-// engineIsLocal reports whether the engine runs on this machine, in this PID
-// namespace, so its containers' processes can be signalled from here. A unix
-// socket is a strong hint; the PID check in each command confirms it.
+// engineIsLocal reports whether the engine may run on this machine. Whether
+// its containers' processes are visible from here is checked per container.
 func engineIsLocal(host string) bool {
-	if !strings.HasPrefix(host, "unix://") {
-		return false
-	}
-	// In a PID namespace of our own (e.g. corral itself in a container) we
-	// would not see the engine's processes.
-	b, err := os.ReadFile("/proc/1/comm")
-	return err == nil && len(b) > 0
+	return strings.HasPrefix(host, "unix://")
 }
 
 // Name returns "docker".

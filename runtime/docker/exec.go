@@ -87,15 +87,10 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 
 	// The OOM counter before the command starts, if this container's cgroup
 	// is already known (it is after the first command).
-	oomFile := d.oomFileCached(name)
-	if oomFile == "" && d.local {
-		// First command in this container since the driver opened: find
-		// its memory cgroup through PID 1 before the command can use any.
-		if ins, err := d.cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{}); err == nil && ins.Container.State != nil {
-			oomFile = d.oomFileFor(name, ins.Container.State.Pid)
-		}
-	}
-	oomBefore := readOOMCount(oomFile)
+	// What the host sees of the container, learnt before the command
+	// starts so that the OOM counter is read before it can use memory.
+	hv := d.view(ctx, name)
+	oomBefore := readOOMCount(hv.oomFile)
 
 	created, err := d.cli.ExecCreate(ctx, name, opts)
 	if err != nil {
@@ -114,7 +109,7 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	p := &process{
 		d: d, ws: id, container: name, execID: created.ID, tty: spec.TTY, marker: marker,
 		conn: att.HijackedResponse, done: make(chan struct{}), outDone: make(chan struct{}),
-		oomFile: oomFile, oomBefore: oomBefore,
+		host: hv, oomBefore: oomBefore,
 	}
 	stdout, stderr := spec.Stdout, spec.Stderr
 	if stdout == nil {
@@ -160,7 +155,7 @@ type process struct {
 	err       error
 	timedOut  atomic.Bool
 	killed    atomic.Bool // we killed it (timeout or ctx)
-	oomFile   string
+	host      hostView    // what the host sees of the container
 	oomBefore int64
 	head      *headWriter // the start of stdout, where the engine reports a failed start
 
@@ -344,26 +339,28 @@ func (p *process) Signal(ctx context.Context, sig runtime.Signal) error {
 	return p.signal(ctx, n)
 }
 
-// signal delivers sig to the command's process group from the host when the
-// engine is local, otherwise from inside the container.
+// signal delivers sig to the command's process group, from the host when
+// the host sees the container's processes, otherwise from inside it.
+// SIGKILL also reaches processes that left the group (found by the marker
+// in their environment) and is repeated until none is left.
 func (p *process) signal(ctx context.Context, sig syscall.Signal) error {
-	if p.d.local {
-		pid, err := p.hostPID(ctx)
-		if err != nil {
-			return err
-		}
-		if pid == 0 {
-			return nil // never started or already gone
-		}
+	if !p.host.visible {
+		return p.signalInside(ctx, sig)
+	}
+	pid, err := p.hostPID(ctx)
+	if err != nil {
+		return err
+	}
+	leader := pid != 0 && ownedBy(pid, p.host.containerID)
+	if leader {
 		if err := syscall.Kill(-pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return fmt.Errorf("signal command in workspace %s: %w", p.ws, err)
 		}
-		if sig == syscall.SIGKILL {
-			p.sweepHost(pid)
-		}
-		return nil
 	}
-	return p.signalInside(ctx, sig)
+	if sig == syscall.SIGKILL || !leader {
+		p.signalMarked(sig, sig == syscall.SIGKILL)
+	}
+	return nil
 }
 
 // hostPID is the host PID of the command (its process group ID, since the
@@ -393,31 +390,29 @@ func (p *process) hostPID(ctx context.Context) (int, error) {
 	return p.pid, p.pidErr
 }
 
-// sweepHost kills, after the group, every process of this container that
-// still carries the command's marker (children that left the group with
-// setsid or setpgid), and repeats until the group is empty.
-func (p *process) sweepHost(pgid int) {
+// signalMarked signals, from the host, every process that carries the
+// command's marker: children that left its group with setsid or setpgid, or
+// all of it once its leader is gone. With untilGone it repeats until none is
+// left (bounded: a process that survives SIGKILL is a kernel matter).
+func (p *process) signalMarked(sig syscall.Signal, untilGone bool) {
 	want := []byte(execMarkerEnv + "=" + p.marker + "\x00")
-	for range 50 {
+	for range 100 {
 		left := false
-		if err := syscall.Kill(-pgid, syscall.SIGKILL); err == nil {
-			left = true
-		}
 		ents, _ := os.ReadDir("/proc")
 		for _, e := range ents {
 			pid, err := strconv.Atoi(e.Name())
-			if err != nil || pid == pgid {
+			if err != nil {
 				continue
 			}
 			env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
 			if err != nil || !containsEnv(env, want) {
 				continue
 			}
-			if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			if syscall.Kill(pid, sig) == nil {
 				left = true
 			}
 		}
-		if !left {
+		if !left || !untilGone {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -480,15 +475,7 @@ func (p *process) Resize(ctx context.Context, size runtime.WindowSize) error {
 // oomKilled reports whether the kernel's OOM killer struck in the
 // workspace's memory cgroup while the command ran.
 func (p *process) oomKilled() bool {
-	file := p.oomFile
-	if file == "" {
-		pid, _ := p.hostPID(context.Background())
-		file = p.d.oomFileFor(p.container, pid)
-	}
-	if file == "" {
-		return false
-	}
-	return readOOMCount(file) > p.oomBefore
+	return p.host.oomFile != "" && readOOMCount(p.host.oomFile) > p.oomBefore
 }
 
 func randomHex(n int) string {

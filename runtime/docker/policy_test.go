@@ -258,3 +258,38 @@ func TestAllowlistThroughProxySocket(t *testing.T) {
 		t.Errorf("allowlist workspace has interfaces %q, want lo only", r.Stdout)
 	}
 }
+
+// TestCreateFailureLeavesNothing makes the engine refuse the container (its
+// proxy socket directory does not exist) after the volume was made, and
+// checks that the volume went too.
+func TestCreateFailureLeavesNothing(t *testing.T) {
+	d := open(t)
+	cli := engine(t)
+	sp := runtime.Spec{ID: "ws_dt_" + randHex(6), Image: enginetest.TestImage,
+		Policy:      policy.Policy{Network: policy.Network{Mode: policy.NetworkAllowlist}},
+		ProxySocket: filepath.Join(t.TempDir(), "missing", "proxy.sock")}
+	if err := d.Create(ctxT(t), sp); err == nil {
+		d.Remove(context.Background(), sp.ID)
+		t.Fatalf("Create with a missing proxy socket directory succeeded")
+	}
+	f := client.Filters{}.Add("label", runtime.LabelWorkspace+"="+sp.ID)
+	cs, err := cli.ContainerList(ctxT(t), client.ContainerListOptions{All: true, Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, err := cli.VolumeList(ctxT(t), client.VolumeListOptions{Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs.Items) != 0 || len(vs.Items) != 0 {
+		t.Errorf("failed Create left %d containers and %d volumes", len(cs.Items), len(vs.Items))
+	}
+	// The ID is free again.
+	sp.Policy.Network.Mode, sp.ProxySocket = policy.NetworkNone, ""
+	if err := d.Create(ctxT(t), sp); err != nil {
+		t.Fatalf("Create after the failed one: %v", err)
+	}
+	if err := d.Remove(ctxT(t), sp.ID); err != nil {
+		t.Fatal(err)
+	}
+}

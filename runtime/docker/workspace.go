@@ -139,7 +139,7 @@ func (d *Driver) Remove(ctx context.Context, id string) error {
 	if _, err := d.cli.VolumeRemove(ctx, name, client.VolumeRemoveOptions{Force: true}); err != nil && !isNotFound(err) {
 		return engineErr(err, "remove workspace %s: volume", id)
 	}
-	d.oomFiles.Delete(name)
+	d.views.Delete(name)
 	d.log.Info("workspace removed", "workspace_id", id)
 	return nil
 }
