@@ -55,6 +55,9 @@ func (d *Driver) Pull(ctx context.Context, image string, progress func(runtime.P
 		if imageMissing(err) {
 			return errdefs.Invalid("image_not_found", "image %s not found: %v", image, err)
 		}
+		if registryDown(err) {
+			return errdefs.New(errdefs.ErrUnavailable, "registry_unavailable", "pull %s: registry unreachable: %v", image, err)
+		}
 		return fmt.Errorf("pull %s: %w", image, mapErr(err))
 	}
 	if progress != nil {
@@ -107,6 +110,18 @@ func imageMissing(err error) bool {
 		"did not resolve to an alias", "repository does not exist",
 		"requested access to the resource is denied",
 	} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// registryDown reports whether a pull failed because the registry could not
+// be reached.
+func registryDown(err error) bool {
+	msg := strings.ToLower(err.Error())
+	for _, s := range []string{"connection refused", "no such host", "i/o timeout", "network is unreachable", "tls handshake timeout"} {
 		if strings.Contains(msg, s) {
 			return true
 		}

@@ -228,7 +228,7 @@ func proxySupported(initPath string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	out, _ := exec.CommandContext(ctx, initPath, "init", "--help").CombinedOutput()
-	return strings.Contains(string(out), "--proxy")
+	return strings.Contains(string(out), "-proxy")
 }
 
 // capabilities derives what the driver can enforce from the service's

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -272,19 +273,130 @@ func TestLabels(t *testing.T) {
 }
 
 func TestCreateFailureLeavesNothing(t *testing.T) {
+	const registry = "127.0.0.1:5001"
+	startRegistry(t, registry)
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			d := open(t, m.rootless, map[string]string{"insecure_registries": registry})
+			ctx := context.Background()
+			for _, tc := range []struct {
+				image, code string
+			}{
+				{registry + "/corral/no-such-image:" + randHex(4), "image_not_found"},
+				// Nothing listens on port 1 of the loopback.
+				{"127.0.0.1:1/corral/x:latest", "registry_unavailable"},
+			} {
+				id := "ws_pm_" + randHex(5)
+				err := d.Create(ctx, runtime.Spec{ID: id, Image: tc.image, Policy: policy.Policy{Network: policy.Network{Mode: policy.NetworkNone}}})
+				if errdefs.Code(err) != tc.code {
+					t.Errorf("Create from %s: %v (code %q), want %s", tc.image, err, errdefs.Code(err), tc.code)
+				}
+				if _, err := d.Inspect(ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
+					t.Errorf("Inspect after a failed Create: %v", err)
+				}
+			}
+			// A spec the service refuses after the volume exists (a bind
+			// mount of a missing directory): the volume goes too
+			// (assertNothingLeft checks at cleanup).
+			id := "ws_pm_" + randHex(5)
+			err := d.Create(ctx, runtime.Spec{ID: id, Image: enginetest.TestImage, ProxySocket: "/nonexistent-" + randHex(4) + "/proxy.sock",
+				Policy: policy.Policy{Network: policy.Network{Mode: policy.NetworkAllowlist}}})
+			if err == nil {
+				t.Errorf("Create with a missing bind-mount source succeeded")
+				d.Remove(ctx, id)
+			}
+			if _, err := d.Inspect(ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
+				t.Errorf("Inspect after a failed Create: %v", err)
+			}
+		})
+	}
+}
+
+// tableResolver resolves the test's made-up names.
+type tableResolver map[string][]netip.Addr
+
+func (r tableResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	if a, ok := r[host]; ok {
+		return a, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
+
+func TestNetworkAllowlist(t *testing.T) {
+	// An upstream on the loopback, reachable only through the proxy.
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from upstream %s", r.Host)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go up.Serve(ln)
+	defer up.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+
+	// Sandboxes of another user (rootless) must reach the socket.
+	dir, err := os.MkdirTemp("", "corral-pm-proxy-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var denied atomic.Int32
+	proxy := &policy.Proxy{
+		Dir:          dir,
+		AllowPrivate: true, // the upstream is on the loopback
+		Resolver:     tableResolver{"allowed.test": {netip.MustParseAddr("127.0.0.1")}, "denied.test": {netip.MustParseAddr("127.0.0.1")}},
+		OnDeny:       func(string, policy.Denial) { denied.Add(1) },
+	}
+	defer proxy.Shutdown(context.Background())
+
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
 			d := open(t, m.rootless, nil)
+			if !d.Capabilities().Policy.SupportsNetwork(policy.NetworkAllowlist) {
+				t.Fatalf("allowlist unsupported: %s", d.Capabilities().Policy.Why["network:allowlist"])
+			}
 			id := "ws_pm_" + randHex(5)
-			err := d.Create(context.Background(), runtime.Spec{ID: id, Image: "localhost/corral-no-such-image:" + randHex(4),
-				Policy: policy.Policy{Network: policy.Network{Mode: policy.NetworkNone}}})
-			if !errors.Is(err, errdefs.ErrInvalidArgument) || errdefs.Code(err) != "image_not_found" {
-				t.Errorf("Create with a missing image: %v (code %q), want image_not_found", err, errdefs.Code(err))
+			sock, err := proxy.Open(id, []string{"allowed.test"})
+			if err != nil {
+				t.Fatal(err)
 			}
-			if _, err := d.Inspect(context.Background(), id); !errors.Is(err, errdefs.ErrNotFound) {
-				t.Errorf("Inspect after a failed Create: %v", err)
+			defer proxy.Close(id)
+			ctx := context.Background()
+			p := policy.Policy{Network: policy.Network{Mode: policy.NetworkAllowlist, AllowedHosts: []string{"allowed.test"}}}
+			if err := d.Create(ctx, runtime.Spec{ID: id, Image: enginetest.TestImage, Policy: p, ProxySocket: sock}); err != nil {
+				t.Fatalf("Create: %v", err)
 			}
-			// assertNothingLeft runs at cleanup.
+			defer d.Remove(ctx, id)
+			if err := d.Start(ctx, id); err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+			// The forwarder may take a moment to listen after PID 1 starts.
+			var res runtime.ExitResult
+			var out string
+			for i := 0; i < 50; i++ {
+				res, out = sh(t, d, id, fmt.Sprintf("wget -q -O- http://allowed.test:%d/ 2>&1", port))
+				if res.ExitCode == 0 {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if res.ExitCode != 0 || out != fmt.Sprintf("hello from upstream allowed.test:%d", port) {
+				t.Errorf("allowed host through the proxy: %+v %q", res, out)
+			}
+			before := denied.Load()
+			res, out = sh(t, d, id, fmt.Sprintf("wget -q -O- http://denied.test:%d/ 2>&1", port))
+			if res.ExitCode == 0 || denied.Load() == before {
+				t.Errorf("denied host: %+v %q, denials %d", res, out, denied.Load()-before)
+			}
+			// Around the proxy there is no route.
+			res, out = sh(t, d, id, fmt.Sprintf("echo x | nc 127.0.0.1 %d; ls /sys/class/net", port))
+			if !strings.HasSuffix(out, "lo\n") || strings.Contains(out, "hello") {
+				t.Errorf("direct connection: %+v %q", res, out)
+			}
 		})
 	}
 }
