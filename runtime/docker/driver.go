@@ -6,12 +6,17 @@
 // The engine client (github.com/moby/moby/client) is pre-1.0, so none of its
 // types leave this package.
 //
-// Signals, timeouts and OOM detection for commands need the engine on this
-// host (they use the host's /proc and cgroup files: the exec API cannot signal
-// a process); the driver checks this at start-up and reports it in
-// Capabilities.Isolation. Disk limits are not supported: the volume's
-// filesystem has no quotas on hosts like ours, and a size-capped tmpfs volume
-// loses its files when the container stops.
+// The exec API cannot signal a command. The engine makes every exec a
+// session and process-group leader, so when the container's processes are
+// visible from here (engine on this machine, checked per container) the
+// driver signals the group from the host and reads the memory cgroup's OOM
+// counter; otherwise a shell inside the container signals the command's
+// processes, found by a marker in their environment, and OOM kills are not
+// told apart from other SIGKILLs.
+//
+// Disk limits are not supported: the volume's filesystem has no quotas on
+// hosts like ours, and a size-capped tmpfs volume loses its files when the
+// container stops; Capabilities says so and policy.Check refuses them.
 package docker
 
 import (

@@ -20,10 +20,11 @@ import (
 	"github.com/corralhq/corral/runtime"
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/client"
+	"github.com/moby/moby/client/pkg/versions"
 )
 
-// execMarkerEnv is set on every command so that its processes can be found
-// inside the container even after they have left its process group.
+// execMarkerEnv is set on every command (commands see it) so that its
+// processes can be found even after they have left its process group.
 const execMarkerEnv = "CORRAL_EXEC"
 
 // Exec starts a command in a running workspace through the engine's exec
@@ -72,11 +73,17 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	}
 	env[execMarkerEnv] = marker
 	argv := spec.Argv
+	var size client.ConsoleSize
 	if spec.TTY && spec.Size.Cols > 0 && spec.Size.Rows > 0 {
-		argv = ttyArgv(argv, spec.Size)
+		if versions.GreaterThanOrEqualTo(d.cli.ClientVersion(), "1.42") {
+			size = client.ConsoleSize{Height: uint(spec.Size.Rows), Width: uint(spec.Size.Cols)}
+		} else {
+			argv = ttyArgv(argv, spec.Size)
+		}
 	}
 	opts := client.ExecCreateOptions{
 		Cmd:          argv,
+		ConsoleSize:  size,
 		Env:          envList(env),
 		WorkingDir:   cwd,
 		TTY:          spec.TTY,
@@ -85,8 +92,6 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 		AttachStderr: !spec.TTY,
 	}
 
-	// The OOM counter before the command starts, if this container's cgroup
-	// is already known (it is after the first command).
 	// What the host sees of the container, learnt before the command
 	// starts so that the OOM counter is read before it can use memory.
 	hv := d.view(ctx, name)
@@ -99,7 +104,7 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 		}
 		return nil, engineErr(err, "exec in workspace %s", id)
 	}
-	att, err := d.cli.ExecAttach(ctx, created.ID, client.ExecAttachOptions{TTY: spec.TTY})
+	att, err := d.cli.ExecAttach(ctx, created.ID, client.ExecAttachOptions{TTY: spec.TTY, ConsoleSize: size})
 	if err != nil {
 		if isConflict(err) {
 			return nil, errdefs.New(errdefs.ErrFailedPrecondition, "workspace_not_running", "workspace %s is not running", id)
@@ -131,7 +136,8 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 // before it starts: engines below API 1.42 (Docker 20.10) ignore the exec's
 // console size and can only resize once the command runs, too late for a
 // command that reads its size at once. The shell's exec keeps "not found"
-// at exit code 127.
+// at exit code 127. (Such images need /bin/sh and stty for TTY commands
+// with a size; newer engines take the size in the request.)
 func ttyArgv(argv []string, size runtime.WindowSize) []string {
 	script := fmt.Sprintf(`stty rows %d cols %d 2>/dev/null; exec "$0" "$@"`, size.Rows, size.Cols)
 	return append([]string{"/bin/sh", "-c", script}, argv...)
