@@ -110,7 +110,9 @@ var idRE = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
 // New opens the process driver on cfg.DataDir. It probes what the host
 // allows (root, namespaces, cgroups, loop devices) and reports it in
 // Capabilities; it fails only if DataDir is unusable or the init binary
-// cannot be found.
+// cannot be found. Option "namespaces" ("true" by default) set to "false"
+// runs supervisors without namespaces: then only network mode open is
+// available.
 func New(cfg runtime.Config) (runtime.Runtime, error) {
 	if cfg.DataDir == "" {
 		return nil, errdefs.Invalid("invalid_config", "process runtime: DataDir is required")
@@ -145,7 +147,15 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 	if len(d.sockPath(strings.Repeat("x", 64))) > 107 {
 		return nil, errdefs.Invalid("invalid_config", "process runtime: data dir %s is too long for unix socket paths", dataDir)
 	}
-	d.probe()
+	noNS := false
+	if v, ok := cfg.Options["namespaces"]; ok {
+		on, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, errdefs.Invalid("invalid_config", "process runtime: option namespaces=%q is not a boolean", v)
+		}
+		noNS = !on
+	}
+	d.probe(noNS)
 	d.log.Info("process runtime ready", "data_dir", dataDir, "isolation", d.caps.Isolation,
 		"network", fmt.Sprint(d.caps.Policy.Network), "why", fmt.Sprint(d.caps.Policy.Why))
 	return d, nil
@@ -164,11 +174,18 @@ func (d *Driver) Capabilities() runtime.Capabilities { return d.caps }
 // the next driver opened on the same DataDir.
 func (d *Driver) Close() error { return nil }
 
-// probe measures what this host allows and fills d.caps.
-func (d *Driver) probe() {
+// probe measures what this host allows and fills d.caps. noNS turns
+// namespaces off (option namespaces=false), for hosts where creating them
+// is allowed but unwanted.
+func (d *Driver) probe(noNS bool) {
 	why := map[string]string{}
 	root := os.Geteuid() == 0
-	d.ns = d.probeNamespaces(root)
+	if noNS {
+		d.ns = nsConfig{why: "turned off by option namespaces=false"}
+		d.ns.netWhy = d.ns.why
+	} else {
+		d.ns = d.probeNamespaces(root)
+	}
 	d.cg, why["cgroup"] = probeCgroups(root)
 	d.disk, why["disk"] = probeDisk(root)
 

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,13 +29,27 @@ import (
 // open opens a driver on dataDir ("" = a fresh one).
 func open(t testing.TB, dataDir string) runtime.Runtime {
 	t.Helper()
+	return openWith(t, dataDir, nil)
+}
+
+// initEnv names the corral binary to use as init when the test binary runs
+// unprivileged (TestUnprivileged), where it cannot build one.
+const initEnv = "CORRAL_PROCESS_TEST_INIT"
+
+func openWith(t testing.TB, dataDir string, options map[string]string) runtime.Runtime {
+	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
+	}
+	initPath := os.Getenv(initEnv)
+	if initPath == "" {
+		initPath = testbin.Corral(t)
 	}
 	rt, err := process.New(runtime.Config{
 		DataDir:  dataDir,
 		ServerID: "test",
-		InitPath: testbin.Corral(t),
+		InitPath: initPath,
+		Options:  options,
 		Logger:   hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
 	})
 	if err != nil {
@@ -53,6 +68,71 @@ func TestConformance(t *testing.T) {
 func TestConformanceOpenNetwork(t *testing.T) {
 	rt := open(t, "")
 	runtimetest.Run(t, rt, runtimetest.Options{Network: policy.NetworkOpen})
+}
+
+// Without namespaces the supervisor is a subreaper instead of PID 1, and
+// commands see the host's processes; everything else must hold.
+func TestConformanceNoNamespaces(t *testing.T) {
+	rt := openWith(t, "", map[string]string{"namespaces": "false"})
+	if rt.Capabilities().Policy.SupportsNetwork(policy.NetworkNone) {
+		t.Fatalf("namespaces=false still offers network none: %+v", rt.Capabilities())
+	}
+	runtimetest.Run(t, rt, runtimetest.Options{Network: policy.NetworkOpen})
+}
+
+// TestUnprivileged runs the conformance suites again as user nobody: user
+// namespaces instead of root, no cgroups, no disk limit, and the
+// Capabilities saying so.
+func TestUnprivileged(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv(initEnv) == "" {
+			t.Skip("runs as root, to start the suites as nobody")
+		}
+		rt := open(t, "")
+		c := rt.Capabilities().Policy
+		if c.Memory || c.Pids || c.CPU || c.Disk || c.Why["memory"] == "" {
+			t.Errorf("unprivileged capabilities claim limits: %+v", c)
+		}
+		return
+	}
+	if os.Getenv(initEnv) != "" {
+		t.Skip("already unprivileged")
+	}
+	// The test binary and init binary must be readable by nobody.
+	dir, err := os.MkdirTemp("", "corral-unprivileged-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	copyExe := func(src, name string) string {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(dir, name)
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return dst
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	testBin := copyExe(self, "process.test")
+	initBin := copyExe(testbin.Corral(t), "corral")
+	cmd := exec.Command(testBin, "-test.run", "^(TestConformance|TestConformanceNoNamespaces|TestUnprivileged)$", "-test.count=1")
+	cmd.Dir = dir
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "TMPDIR=" + dir, "HOME=" + dir, initEnv + "=" + initBin}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("suites as nobody: %v\n%s", err, out)
+	}
+	t.Logf("as nobody:\n%s", out)
 }
 
 // need skips t unless the driver can enforce what it tests. On this
