@@ -78,7 +78,9 @@ func mounts(volume, initPath string, m policy.Mode, hostSocket string) []mount.M
 		{Type: mount.TypeBind, Source: initPath, Target: runtime.InitPathInSandbox, ReadOnly: true},
 	}
 	if m == policy.NetworkAllowlist {
-		ms = append(ms, mount.Mount{Type: mount.TypeBind, Source: filepath.Dir(hostSocket), Target: proxyDirInSandbox})
+		// Read-only: connecting to a socket needs no write access to its
+		// filesystem, and the sandbox cannot delete or replace the socket.
+		ms = append(ms, mount.Mount{Type: mount.TypeBind, Source: filepath.Dir(hostSocket), Target: proxyDirInSandbox, ReadOnly: true})
 	}
 	return ms
 }

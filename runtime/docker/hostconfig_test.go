@@ -67,7 +67,7 @@ func TestNetworkTranslation(t *testing.T) {
 				{Type: mount.TypeBind, Source: "/usr/bin/corral", Target: runtime.InitPathInSandbox, ReadOnly: true},
 			}
 			if tc.proxyMount {
-				want = append(want, mount.Mount{Type: mount.TypeBind, Source: "/var/lib/corral/proxy/ws_1", Target: "/run/corral"})
+				want = append(want, mount.Mount{Type: mount.TypeBind, Source: "/var/lib/corral/proxy/ws_1", Target: "/run/corral", ReadOnly: true})
 			}
 			if !reflect.DeepEqual(ms, want) {
 				t.Errorf("mounts = %+v, want %+v", ms, want)

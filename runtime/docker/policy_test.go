@@ -249,6 +249,10 @@ func TestAllowlistThroughProxySocket(t *testing.T) {
 	if r.Stdout != "via-proxy GET http://allowed.example/path" {
 		t.Errorf("request through the proxy: %+v stdout %q stderr %q", r.ExitResult, r.Stdout, r.Stderr)
 	}
+	// The sandbox cannot take the socket away.
+	if r := sh(t, d, id, "rm -f "+runtime.ProxySocketInSandbox); r.ExitCode == 0 {
+		t.Errorf("the sandbox removed its proxy socket")
+	}
 	// Without the proxy there is no route anywhere but loopback.
 	gw := bridgeGateway(t)
 	if r := sh(t, d, id, "wget -q -O - -Y off http://"+gw.String()+":9/"); r.ExitCode == 0 {
