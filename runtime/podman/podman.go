@@ -49,6 +49,7 @@ import (
 	"github.com/containers/podman/v5/libpod/define"
 	"github.com/containers/podman/v5/pkg/bindings"
 	"github.com/containers/podman/v5/pkg/bindings/containers"
+	"github.com/containers/podman/v5/pkg/bindings/images"
 	"github.com/containers/podman/v5/pkg/bindings/system"
 	"github.com/containers/podman/v5/pkg/bindings/volumes"
 	entities "github.com/containers/podman/v5/pkg/domain/entities/types"
@@ -341,26 +342,29 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) error {
 	}
 	c := d.ctx(ctx)
 	name := containerName(spec.ID)
-	if ok, err := containers.Exists(c, name, nil); err != nil {
-		return fmt.Errorf("create workspace %s: %w", spec.ID, mapErr(err))
-	} else if ok {
-		return errdefs.New(errdefs.ErrAlreadyExists, "already_exists", "workspace %s already exists", spec.ID)
-	}
-	if err := d.Pull(ctx, spec.Image, nil); err != nil {
-		return fmt.Errorf("create workspace %s: %w", spec.ID, err)
-	}
+	// The volume comes first: creating it is the existence check (a
+	// workspace's volume outlives its container only until Remove).
 	vol := volumeName(spec.ID)
 	if _, err := volumes.Create(c, entities.VolumeCreateOptions{
 		Name:   vol,
 		Labels: labels(d.serverID, spec.ID, spec.Labels),
 	}, nil); err != nil {
 		err = mapErr(err)
-		if errors.Is(err, errdefs.ErrConflict) {
-			err = errdefs.New(errdefs.ErrAlreadyExists, "already_exists", "workspace %s already exists (volume %s): %v", spec.ID, vol, err)
+		if errors.Is(err, errdefs.ErrConflict) || strings.Contains(err.Error(), "already exists") {
+			err = errdefs.New(errdefs.ErrAlreadyExists, "already_exists", "workspace %s already exists (volume %s)", spec.ID, vol)
 		}
-		return fmt.Errorf("create workspace %s: volume: %w", spec.ID, err)
+		return fmt.Errorf("create workspace %s: %w", spec.ID, err)
 	}
-	resp, err := containers.CreateWithSpec(c, specFor(d.serverID, d.initPath, d.limits, spec), nil)
+	g := specFor(d.serverID, d.initPath, d.limits, spec)
+	resp, err := containers.CreateWithSpec(c, g, nil)
+	if err != nil && !errors.Is(mapErr(err), errdefs.ErrConflict) {
+		// Pull a missing image only now, sparing present ones a call.
+		if ok, xerr := images.Exists(c, spec.Image, nil); xerr == nil && !ok {
+			if err = d.Pull(ctx, spec.Image, nil); err == nil {
+				resp, err = containers.CreateWithSpec(c, g, nil)
+			}
+		}
+	}
 	if err == nil {
 		err = d.checkWarnings(spec, resp.Warnings)
 		if err != nil {
