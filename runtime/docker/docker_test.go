@@ -34,11 +34,9 @@ func randHex(n int) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if code == 0 {
-		if err := leftovers(); err != nil {
-			fmt.Fprintln(os.Stderr, "FAIL: leftovers:", err)
-			code = 1
-		}
+	if err := leftovers(); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: left behind by the tests:", err)
+		code = 1
 	}
 	os.Exit(code)
 }
