@@ -31,11 +31,14 @@ type Flags struct {
 	NoFile   int64  // RLIMIT_NOFILE (soft and hard) for every command; 0 = inherit
 	Proxy    string // unix socket of the egress proxy; runs Forward on runtime.ProxyListenAddr
 	Check    bool   // set up as for Serve, report, and exit: probes what the host allows
-	// UnmountUnder and Keep: with Proc, detach every mount below
-	// UnmountUnder except Keep, so that other workspaces' file systems are
-	// neither visible nor held busy by this mount namespace.
-	UnmountUnder string
-	Keep         string
+	// Confine (with Proc, in a new mount namespace) limits what commands
+	// can touch of the host's file system: every mount is made read-only,
+	// Hide (the runtime's data directory: other workspaces, sockets) is
+	// covered by an empty tmpfs and its mounts detached, /tmp and /dev/shm
+	// are fresh tmpfs, and Home alone stays writable (see confine).
+	Confine bool
+	Home    string
+	Hide    string
 	// Cgroups are the cgroup directories every command starts in (one per
 	// v1 hierarchy, or one v2 directory with CgroupV2). The supervisor
 	// itself stays outside them, so its memory and threads do not count
@@ -72,11 +75,14 @@ func (f Flags) Args() []string {
 	if f.Check {
 		a = append(a, "--check")
 	}
-	if f.UnmountUnder != "" {
-		a = append(a, "--unmount-under", f.UnmountUnder)
+	if f.Confine {
+		a = append(a, "--confine")
 	}
-	if f.Keep != "" {
-		a = append(a, "--keep", f.Keep)
+	if f.Home != "" {
+		a = append(a, "--home", f.Home)
+	}
+	if f.Hide != "" {
+		a = append(a, "--hide", f.Hide)
 	}
 	for _, c := range f.Cgroups {
 		a = append(a, "--cgroup", c)
@@ -103,8 +109,9 @@ func parseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.Int64Var(&f.NoFile, "nofile", 0, "RLIMIT_NOFILE for every command")
 	fs.StringVar(&f.Proxy, "proxy", "", "relay "+proxyAddr+" to the egress proxy at this unix socket")
 	fs.BoolVar(&f.Check, "check", false, "set up, report on --ready-fd or stderr, and exit")
-	fs.StringVar(&f.UnmountUnder, "unmount-under", "", "with --proc, detach every mount below this directory ...")
-	fs.StringVar(&f.Keep, "keep", "", "... except this one")
+	fs.BoolVar(&f.Confine, "confine", false, "with --proc: read-only host file system, fresh /tmp, writable --home only")
+	fs.StringVar(&f.Home, "home", "", "the workspace directory, kept writable")
+	fs.StringVar(&f.Hide, "hide", "", "cover this directory with an empty tmpfs (keeping --home and --proxy reachable)")
 	fs.Func("cgroup", "start commands in this cgroup directory (repeatable: one per v1 hierarchy)", func(v string) error {
 		f.Cgroups = append(f.Cgroups, v)
 		return nil

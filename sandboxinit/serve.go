@@ -10,7 +10,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	goruntime "runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,10 +65,8 @@ func supervise(f Flags) error {
 	sigs := make(chan os.Signal, 64)
 	signal.Notify(sigs, syscall.SIGCHLD, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 
-	if err := setup(f); err != nil {
-		ready(err)
-		return err
-	}
+	// Order matters: the socket and the cgroups are reached through
+	// paths that setup hides or makes read-only.
 	var ln *net.UnixListener
 	if f.Serve != "" && !f.Check {
 		_ = os.Remove(f.Serve)
@@ -82,17 +79,6 @@ func supervise(f Flags) error {
 		}
 		defer ln.Close()
 	}
-	if f.Proxy != "" {
-		if err := startForwarder(ctx, f.Proxy); err != nil {
-			ready(err)
-			return err
-		}
-	}
-	if f.Check {
-		ready(nil)
-		return nil
-	}
-
 	s := &supervisor{execs: map[int]*command{}, cgroupFD: -1}
 	if f.CgroupV2 && len(f.Cgroups) == 1 {
 		fd, err := unix.Open(f.Cgroups[0], unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -107,6 +93,20 @@ func supervise(f Flags) error {
 			ready(err)
 			return err
 		}
+	}
+	if err := setup(f); err != nil {
+		ready(err)
+		return err
+	}
+	if f.Proxy != "" {
+		if err := startForwarder(ctx, f.Proxy); err != nil {
+			ready(err)
+			return err
+		}
+	}
+	if f.Check {
+		ready(nil)
+		return nil
 	}
 	ready(nil)
 	go func() {
@@ -144,8 +144,8 @@ func setup(f Flags) error {
 		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 			return fmt.Errorf("mount /proc: %w", err)
 		}
-		if f.UnmountUnder != "" {
-			if err := unmountUnder(f.UnmountUnder, f.Keep); err != nil {
+		if f.Confine {
+			if err := confine(f.Home, f.Hide, f.Proxy); err != nil {
 				return err
 			}
 		}
@@ -634,53 +634,4 @@ func killDescendants() {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-}
-
-// unmountUnder detaches, in our mount namespace, every mount below dir
-// except keep (and what is below keep).
-func unmountUnder(dir, keep string) error {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return fmt.Errorf("read mountinfo: %w", err)
-	}
-	dir = filepath.Clean(dir) + "/"
-	var targets []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		mp := unescapeMount(f[4])
-		if !strings.HasPrefix(mp, dir) || mp == keep || (keep != "" && strings.HasPrefix(mp, keep+"/")) {
-			continue
-		}
-		targets = append(targets, mp)
-	}
-	// Deepest first.
-	sort.Slice(targets, func(i, j int) bool { return len(targets[i]) > len(targets[j]) })
-	for _, t := range targets {
-		if err := unix.Unmount(t, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("detach %s: %w", t, err)
-		}
-	}
-	return nil
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space...).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, "\\") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

@@ -14,9 +14,16 @@
 // own session and survive a server restart; a new driver on the same
 // DataDir finds them again through their pid file and socket.
 //
-// What this driver does not isolate: the file system. Commands see the
-// host's files (read-write, as the server's user) besides their workspace;
-// use a container runtime where that matters.
+// In its mount namespace the supervisor confines the file system: the
+// host's mounts are read-only, the runtime's data directory (other
+// workspaces, sockets) is hidden under an empty tmpfs, /tmp and /dev/shm are
+// private tmpfs, and only the workspace's home is writable. Commands still
+// read the host's files (they run the host's programs) and run as the
+// server's user (as root, root of the host, with a read-only view; without
+// root, root of a user namespace). Without namespaces (option
+// namespaces=false, or a host that forbids them) none of this applies:
+// commands are plain processes of the server's user. Use a container
+// runtime where a stronger boundary matters.
 package process
 
 import (
@@ -234,6 +241,7 @@ func (d *Driver) probe(noNS bool) {
 		if d.ns.userns {
 			iso += ", user"
 		}
+		iso += "; host file system read-only, workspace writable"
 	}
 	if d.cg != nil {
 		iso += "; cgroup " + d.cg.version
@@ -250,7 +258,12 @@ func (d *Driver) probe(noNS bool) {
 func (d *Driver) probeNamespaces(root bool) nsConfig {
 	c := nsConfig{userns: !root}
 	try := func(net bool) error {
-		cmd := exec.Command(d.initPath, append([]string{"init"}, sandboxinit.Flags{Check: true, Proc: true, Loopback: net, Hostname: "corral-probe"}.Args()...)...)
+		home := filepath.Join(d.dataDir, "probe")
+		if err := os.MkdirAll(home, 0o755); err != nil {
+			return err
+		}
+		flags := sandboxinit.Flags{Check: true, Proc: true, Confine: true, Home: home, Hide: d.dataDir, Loopback: net, Hostname: "corral-probe"}
+		cmd := exec.Command(d.initPath, append([]string{"init"}, flags.Args()...)...)
 		cmd.SysProcAttr = d.sysProcAttr(net, true)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -534,8 +547,9 @@ func (d *Driver) start(ctx context.Context, m *meta) (err error) {
 		flags.Proc = true
 		flags.Loopback = netns
 		flags.Hostname = id
-		flags.UnmountUnder = d.wsRoot()
-		flags.Keep = home
+		flags.Confine = true
+		flags.Home = home
+		flags.Hide = d.dataDir
 	}
 	if m.Policy.Network.Mode == policy.NetworkAllowlist {
 		flags.Proxy = m.ProxySocket

@@ -380,6 +380,24 @@ func TestIsolation(t *testing.T) {
 	if n, _ := strconv.Atoi(strings.TrimSpace(lines[2])); n > 5 {
 		t.Errorf("%d processes visible in a fresh workspace", n)
 	}
+	// The host's file system is read-only, the runtime's data directory
+	// (other workspaces) hidden, /tmp private; home is writable.
+	other := workspace(t, rt, none(), "")
+	sh(t, rt, other, "echo secret > secret")
+	otherFile := filepath.Join(dirOf(t, rt, other), "secret")
+	r = sh(t, rt, ws, fmt.Sprintf("cat %s; touch /usr/corral-escape; echo tmp > /tmp/f && cat /tmp/f; echo home > f && cat f", otherFile))
+	if r.stdout != "tmp\nhome\n" || !strings.Contains(r.stderr, "Read-only") {
+		t.Errorf("confinement: stdout %q stderr %q", r.stdout, r.stderr)
+	}
+	if _, err := os.Stat("/usr/corral-escape"); err == nil {
+		os.Remove("/usr/corral-escape")
+		t.Errorf("a workspace wrote to the host's /usr")
+	}
+	if _, err := os.Stat("/tmp/f"); err == nil {
+		if b, _ := os.ReadFile("/tmp/f"); string(b) == "tmp\n" {
+			t.Errorf("the workspace's /tmp is the host's")
+		}
+	}
 	// A symlink out of the workspace is no working directory.
 	if err := os.Symlink("/", filepath.Join(dirOf(t, rt, ws), "out")); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,191 @@
+package sandboxinit
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// confine limits what commands can touch of the host's file system, in the
+// supervisor's own (private) mount namespace:
+//
+//   - home is bound onto itself, so it is a mount of its own that stays
+//     writable;
+//   - every other mount is remounted read-only (keeping the flags that a
+//     user namespace locks: nosuid, nodev, noexec, atime);
+//   - hide (the runtime's data directory, holding other workspaces and the
+//     supervisors' sockets) loses the mounts below it and is covered by an
+//     empty tmpfs;
+//   - /tmp and /dev/shm are fresh, private tmpfs;
+//   - home, and the proxy socket if it was covered, are bound back at their
+//     paths.
+//
+// Commands still read the host's files outside hide (they run the host's
+// programs); they can write only to home, /tmp and /dev/shm.
+func confine(home, hide, proxy string) error {
+	if home == "" {
+		return errors.New("confine: no home directory given")
+	}
+	if err := unix.Mount(home, home, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("confine: bind %s: %w", home, err)
+	}
+	homeFD, err := unix.Open(home, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("confine: open %s: %w", home, err)
+	}
+	defer unix.Close(homeFD)
+	proxyFD := -1
+	if proxy != "" {
+		if proxyFD, err = unix.Open(proxy, unix.O_PATH|unix.O_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("confine: open proxy socket %s: %w", proxy, err)
+		}
+		defer unix.Close(proxyFD)
+	}
+	if hide != "" {
+		if err := detachUnder(hide, home); err != nil {
+			return err
+		}
+	}
+	mounts, err := mountPoints()
+	if err != nil {
+		return err
+	}
+	for _, mp := range mounts {
+		if mp == "/proc" || strings.HasPrefix(mp, "/proc/") || mp == home || strings.HasPrefix(mp, home+"/") {
+			continue
+		}
+		if err := remountReadOnly(mp); err != nil {
+			return err
+		}
+	}
+	if hide != "" {
+		if err := unix.Mount("tmpfs", hide, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=1m"); err != nil {
+			return fmt.Errorf("confine: cover %s: %w", hide, err)
+		}
+	}
+	for _, dir := range []string{"/tmp", "/dev/shm"} {
+		if _, err := os.Stat(dir); err != nil {
+			continue
+		}
+		if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+			return fmt.Errorf("confine: tmpfs on %s: %w", dir, err)
+		}
+	}
+	// Home (and the proxy socket) may now be covered: bind them back.
+	if err := os.MkdirAll(home, 0o755); err != nil {
+		return fmt.Errorf("confine: recreate %s: %w", home, err)
+	}
+	if err := unix.Mount(fdPath(homeFD), home, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("confine: bind %s back: %w", home, err)
+	}
+	if proxyFD >= 0 {
+		if _, err := os.Stat(proxy); err != nil {
+			if err := os.MkdirAll(filepath.Dir(proxy), 0o755); err != nil {
+				return fmt.Errorf("confine: proxy socket: %w", err)
+			}
+			if err := os.WriteFile(proxy, nil, 0o600); err != nil {
+				return fmt.Errorf("confine: proxy socket: %w", err)
+			}
+			if err := unix.Mount(fdPath(proxyFD), proxy, "", unix.MS_BIND, ""); err != nil {
+				return fmt.Errorf("confine: bind proxy socket back: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
+
+// remountReadOnly makes the mount at mp read-only, keeping its other
+// flags (which a user namespace may have locked).
+func remountReadOnly(mp string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(mp, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EACCES) {
+			return nil // covered by a later mount: not reachable anyway
+		}
+		return fmt.Errorf("confine: statfs %s: %w", mp, err)
+	}
+	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY)
+	for _, f := range []struct{ st, ms uintptr }{
+		{unix.ST_NOSUID, unix.MS_NOSUID}, {unix.ST_NODEV, unix.MS_NODEV}, {unix.ST_NOEXEC, unix.MS_NOEXEC},
+		{unix.ST_NOATIME, unix.MS_NOATIME}, {unix.ST_NODIRATIME, unix.MS_NODIRATIME}, {unix.ST_RELATIME, unix.MS_RELATIME},
+	} {
+		if uintptr(st.Flags)&f.st != 0 {
+			flags |= f.ms
+		}
+	}
+	if err := unix.Mount("", mp, "", flags, ""); err != nil {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			return nil // mp is over-mounted: its path leads to another mount
+		}
+		return fmt.Errorf("confine: make %s read-only: %w", mp, err)
+	}
+	return nil
+}
+
+// mountPoints lists our mount points, outermost first.
+func mountPoints() ([]string, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mountinfo: %w", err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 5 {
+			out = append(out, unescapeMount(f[4]))
+		}
+	}
+	return out, nil
+}
+
+// detachUnder detaches, in our mount namespace, every mount below dir but
+// keep and those below it, so that other workspaces' file systems are
+// neither reachable nor kept busy by this namespace.
+func detachUnder(dir, keep string) error {
+	mounts, err := mountPoints()
+	if err != nil {
+		return err
+	}
+	dir = filepath.Clean(dir) + "/"
+	var targets []string
+	for _, mp := range mounts {
+		if strings.HasPrefix(mp, dir) && mp != keep && !strings.HasPrefix(mp, keep+"/") {
+			targets = append(targets, mp)
+		}
+	}
+	// Deepest first.
+	sort.Slice(targets, func(i, j int) bool { return len(targets[i]) > len(targets[j]) })
+	for _, t := range targets {
+		if err := unix.Unmount(t, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("detach %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space...).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
