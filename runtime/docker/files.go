@@ -157,11 +157,9 @@ func renameEntries(w io.Writer, r io.Reader, from string) error {
 		if err != nil {
 			return err
 		}
-		switch {
-		case h.Name == from || h.Name == from+"/":
-			h.Name = "./"
-		case strings.HasPrefix(h.Name, from+"/"):
-			h.Name = "./" + strings.TrimPrefix(h.Name, from+"/")
+		h.Name = renameEntry(h.Name, from)
+		if h.Typeflag == tar.TypeLink {
+			h.Linkname = renameEntry(h.Linkname, from)
 		}
 		if err := tw.WriteHeader(h); err != nil {
 			return err
@@ -170,6 +168,16 @@ func renameEntries(w io.Writer, r io.Reader, from string) error {
 			return err
 		}
 	}
+}
+
+func renameEntry(name, from string) string {
+	switch {
+	case name == from || name == from+"/":
+		return "./"
+	case strings.HasPrefix(name, from+"/"):
+		return "./" + strings.TrimPrefix(name, from+"/")
+	}
+	return name
 }
 
 // CopyIn extracts a tar stream into dir (created if missing). Entries are
