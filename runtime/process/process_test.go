@@ -513,6 +513,95 @@ func TestCreateRefusesWhatItCannotEnforce(t *testing.T) {
 	}
 }
 
+func TestCPULimitThrottles(t *testing.T) {
+	rt := open(t, "")
+	need(t, rt, rt.Capabilities().Policy.CPU, "cpu")
+	if !strings.Contains(rt.Capabilities().Isolation, "cgroup v1") {
+		t.Skip("reads cgroup v1 files")
+	}
+	p := none()
+	p.Limits.CPUs = 0.1
+	ws := workspace(t, rt, p, "")
+	// The command reads its own cgroup's quota and throttling count.
+	r := sh(t, rt, ws, `d=/sys/fs/cgroup/cpu$(grep ':cpu,\|:cpu:' /proc/self/cgroup | cut -d: -f3)
+		cat $d/cpu.cfs_quota_us
+		i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done
+		grep nr_throttled $d/cpu.stat`)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 2 || lines[0] != "10000" || lines[1] == "nr_throttled 0" {
+		t.Errorf("cpu limit 0.1: %+v stdout %q stderr %q", r.ExitResult, r.stdout, r.stderr)
+	}
+}
+
+func TestRemovePath(t *testing.T) {
+	rt := open(t, "")
+	rm, ok := rt.(runtime.PathRemover)
+	if !ok {
+		t.Fatal("the process driver does not implement runtime.PathRemover")
+	}
+	ws := workspace(t, rt, none(), "")
+	sh(t, rt, ws, "mkdir -p d/e && echo x > d/e/f && echo y > keep && ln -s /usr toroot && ln -s keep link")
+	ctx := context.Background()
+	for _, p := range []string{"d", "link", "toroot", "missing"} {
+		if err := rm.RemovePath(ctx, ws, p); err != nil {
+			t.Errorf("RemovePath(%s): %v", p, err)
+		}
+	}
+	if r := sh(t, rt, ws, "ls -A; test -d /usr/bin && echo usr-intact"); r.stdout != "keep\nusr-intact\n" {
+		t.Errorf("after RemovePath: %q", r.stdout)
+	}
+	sh(t, rt, ws, "ln -s /usr toroot")
+	for _, p := range []string{"toroot/bin", "../x"} {
+		if err := rm.RemovePath(ctx, ws, p); errdefs.Code(err) != "path_escape" {
+			t.Errorf("RemovePath(%s): %v, want path_escape", p, err)
+		}
+	}
+	for _, p := range []string{"", "/", "."} {
+		if err := rm.RemovePath(ctx, ws, p); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("RemovePath(%q) of the root: %v", p, err)
+		}
+	}
+	if err := rm.RemovePath(ctx, "ws_pt_missing", "x"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("RemovePath in a missing workspace: %v", err)
+	}
+}
+
+// A background process that keeps the command's stdout open does not keep
+// Wait from returning once the command has exited.
+func TestWaitDoesNotWaitForBackground(t *testing.T) {
+	rt := open(t, "")
+	ws := workspace(t, rt, none(), "")
+	r := sh(t, rt, ws, "sleep 1000 & echo started")
+	if r.ExitCode != 0 || r.stdout != "started\n" {
+		t.Errorf("got %+v %q", r.ExitResult, r.stdout)
+	}
+	if got := sh(t, rt, ws, "ps -o comm | grep -c '^sleep'"); got.stdout != "1\n" {
+		t.Errorf("the background sleep should still run: %q", got.stdout)
+	}
+}
+
+// BenchmarkStartStop measures a workspace's Start and Stop (supervisor in
+// fresh namespaces, cgroups, confinement).
+func BenchmarkStartStop(b *testing.B) {
+	rt := open(b, "")
+	ctx := context.Background()
+	id := "ws_bench_ss_" + strconv.Itoa(os.Getpid())
+	p := none()
+	p.Limits.Memory, p.Limits.Pids = 256<<20, 100
+	if err := rt.Create(ctx, runtime.Spec{ID: id, Policy: p}); err != nil {
+		b.Fatal(err)
+	}
+	defer rt.Remove(ctx, id)
+	for b.Loop() {
+		if err := rt.Start(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		if err := rt.Stop(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkExecTrue compares an Exec of /bin/true in a running workspace
 // with a plain fork/exec of it in the same run.
 func BenchmarkExecTrue(b *testing.B) {

@@ -499,7 +499,8 @@ func (s *suite) testPersistAcrossStop(t *testing.T) {
 func (s *suite) testTimeoutKillsTree(t *testing.T) {
 	id := s.running(t)
 	tok := token()
-	// The second sleep moves to its own session, as a daemon would.
+	// The second sleep is orphaned (its subshell exits at once), so it is
+	// no longer a descendant of the command: it must be found anyway.
 	script := fmt.Sprintf("sleep %s & (sh -c 'sleep %s' &) ; sleep %s & wait", tok, tok, tok)
 	r := s.run(t, id, runtime.ExecSpec{Argv: []string{"sh", "-c", script}, Timeout: 300 * time.Millisecond})
 	if !r.TimedOut || r.ExitCode == 0 {
