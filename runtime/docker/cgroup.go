@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,20 +26,23 @@ import (
 // hostView is what the host sees of one container.
 type hostView struct {
 	containerID string
+	pid         int    // PID 1's host PID
 	visible     bool   // its processes are in our PID namespace
 	oomFile     string // its memory cgroup's OOM counter, "" if unknown
 }
 
 // view returns the host's view of the container name, probing it once (an
 // inspect) and again whenever the cached one has gone stale (the container
-// was re-created under the same name).
+// restarted or was re-created under the same name).
 func (d *Driver) view(ctx context.Context, name string) hostView {
 	if !d.local {
 		return hostView{}
 	}
 	if v, ok := d.views.Load(name); ok {
 		hv := v.(hostView)
-		if hv.oomFile == "" || fileExists(hv.oomFile) {
+		// Still the same PID 1? (A restart or a re-created container
+		// changes it.) A container the host cannot see stays unseen.
+		if !hv.visible || ownedBy(hv.pid, hv.containerID) {
 			return hv
 		}
 		d.views.Delete(name)
@@ -46,7 +51,7 @@ func (d *Driver) view(ctx context.Context, name string) hostView {
 	if err != nil || ins.Container.State == nil || ins.Container.State.Pid <= 0 {
 		return hostView{} // not running: the exec will say so
 	}
-	hv := hostView{containerID: ins.Container.ID}
+	hv := hostView{containerID: ins.Container.ID, pid: ins.Container.State.Pid}
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(ins.Container.State.Pid) + "/cgroup")
 	if err != nil || !bytes.Contains(b, []byte(ins.Container.ID)) {
 		d.views.Store(name, hv)
@@ -117,4 +122,27 @@ func readOOMCount(file string) int64 {
 		}
 	}
 	return 0
+}
+
+// listening reports whether a TCP socket listens on addr (IPv4) in the
+// network namespace of host process pid.
+func listening(pid int, addr string) bool {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		return false
+	}
+	a := ap.Addr().As4()
+	// /proc/net/tcp writes the address as a little-endian hex word.
+	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", a[3], a[2], a[1], a[0], ap.Port())
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/net/tcp")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && f[1] == want && f[3] == "0A" {
+			return true
+		}
+	}
+	return false
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/corralhq/corral/errdefs"
@@ -102,8 +103,44 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	if _, err := d.cli.ContainerStart(ctx, name, client.ContainerStartOptions{}); err != nil {
 		return engineErr(err, "start workspace %s", id)
 	}
+	if c := ins.Container.Config; c != nil && slices.Contains(c.Entrypoint, "--proxy") {
+		if err := d.waitForwarder(ctx, name); err != nil {
+			return fmt.Errorf("start workspace %s: %w", id, err)
+		}
+	}
 	d.log.Info("workspace started", "workspace_id", id)
 	return nil
+}
+
+// forwarderWait bounds how long Start waits for an allowlist workspace's
+// proxy forwarder to listen.
+const forwarderWait = 10 * time.Second
+
+// waitForwarder returns once the egress forwarder of `corral init --proxy`
+// listens in the container, so that the first command's requests find it.
+// It reads PID 1's TCP table from the host; where the host cannot see the
+// container it returns at once.
+func (d *Driver) waitForwarder(ctx context.Context, name string) error {
+	hv := d.view(ctx, name)
+	if !hv.visible || hv.pid <= 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, forwarderWait)
+	defer cancel()
+	for {
+		if listening(hv.pid, runtime.ProxyListenAddr) {
+			return nil
+		}
+		if !ownedBy(hv.pid, hv.containerID) {
+			return errdefs.New(errdefs.ErrFailedPrecondition, "init_failed", "corral init exited in the workspace (see the container's log)")
+		}
+		select {
+		case <-ctx.Done():
+			return errdefs.New(errdefs.ErrFailedPrecondition, "proxy_unavailable",
+				"the egress proxy forwarder did not listen on %s within %s (does this corral init support --proxy?)", runtime.ProxyListenAddr, forwarderWait)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // Stop kills every process in the workspace (the container with all it
