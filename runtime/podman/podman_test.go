@@ -374,9 +374,14 @@ func TestNetworkAllowlist(t *testing.T) {
 			if err := d.Start(ctx, id); err != nil {
 				t.Fatalf("Start: %v", err)
 			}
+			// The driver's part: the socket is in the sandbox, PID 1 was
+			// told to forward to it, the tools are pointed at the forwarder.
+			res, out := sh(t, d, id, "test -S "+runtime.ProxySocketInSandbox+" && echo socket; tr '\\0' ' ' </proc/1/cmdline; echo; echo $HTTP_PROXY")
+			want := fmt.Sprintf("socket\n%s init --proxy %s \nhttp://%s\n", runtime.InitPathInSandbox, runtime.ProxySocketInSandbox, runtime.ProxyListenAddr)
+			if res.ExitCode != 0 || out != want {
+				t.Fatalf("proxy plumbing in the sandbox: %+v\n%q\nwant\n%q", res, out, want)
+			}
 			// The forwarder may take a moment to listen after PID 1 starts.
-			var res runtime.ExitResult
-			var out string
 			for i := 0; i < 50; i++ {
 				res, out = sh(t, d, id, fmt.Sprintf("wget -q -O- http://allowed.test:%d/ 2>&1", port))
 				if res.ExitCode == 0 {
@@ -385,7 +390,7 @@ func TestNetworkAllowlist(t *testing.T) {
 				time.Sleep(100 * time.Millisecond)
 			}
 			if res.ExitCode != 0 || out != fmt.Sprintf("hello from upstream allowed.test:%d", port) {
-				t.Errorf("allowed host through the proxy: %+v %q", res, out)
+				t.Errorf("allowed host through the proxy: %+v %q (is `corral init --proxy` forwarding %s?)", res, out, runtime.ProxyListenAddr)
 			}
 			before := denied.Load()
 			res, out = sh(t, d, id, fmt.Sprintf("wget -q -O- http://denied.test:%d/ 2>&1", port))
@@ -393,9 +398,12 @@ func TestNetworkAllowlist(t *testing.T) {
 				t.Errorf("denied host: %+v %q, denials %d", res, out, denied.Load()-before)
 			}
 			// Around the proxy there is no route.
-			res, out = sh(t, d, id, fmt.Sprintf("echo x | nc 127.0.0.1 %d; ls /sys/class/net", port))
-			if !strings.HasSuffix(out, "lo\n") || strings.Contains(out, "hello") {
-				t.Errorf("direct connection: %+v %q", res, out)
+			res, out = sh(t, d, id, fmt.Sprintf("echo x | nc 127.0.0.1 %d", port))
+			if res.ExitCode == 0 || strings.Contains(out, "hello") {
+				t.Errorf("direct connection to the upstream: %+v %q", res, out)
+			}
+			if _, out = sh(t, d, id, "ls /sys/class/net"); out != "lo\n" {
+				t.Errorf("interfaces: %q, want only lo", out)
 			}
 		})
 	}
