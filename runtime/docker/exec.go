@@ -165,9 +165,8 @@ type process struct {
 	oomBefore int64
 	head      *headWriter // the start of stdout, where the engine reports a failed start
 
-	pidOnce sync.Once
-	pid     int
-	pidErr  error
+	pidMu sync.Mutex
+	pid   int // host PID, once known
 }
 
 var _ runtime.Process = (*process)(nil)
@@ -372,28 +371,28 @@ func (p *process) signal(ctx context.Context, sig syscall.Signal) error {
 // hostPID is the host PID of the command (its process group ID, since the
 // engine makes each exec a group leader); 0 if it exited before starting.
 func (p *process) hostPID(ctx context.Context) (int, error) {
-	p.pidOnce.Do(func() {
-		for delay := time.Millisecond; ; delay = min(delay*2, 50*time.Millisecond) {
-			ins, err := p.d.cli.ExecInspect(ctx, p.execID, client.ExecInspectOptions{})
-			if err != nil {
-				p.pidErr = engineErr(err, "find command in workspace %s", p.ws)
-				return
-			}
-			if ins.PID != 0 {
-				p.pid = ins.PID
-				return
-			}
-			select {
-			case <-p.outDone:
-				return
-			case <-ctx.Done():
-				p.pidErr = ctx.Err()
-				return
-			case <-time.After(delay):
-			}
+	p.pidMu.Lock()
+	defer p.pidMu.Unlock()
+	if p.pid != 0 {
+		return p.pid, nil
+	}
+	for delay := time.Millisecond; ; delay = min(delay*2, 50*time.Millisecond) {
+		ins, err := p.d.cli.ExecInspect(ctx, p.execID, client.ExecInspectOptions{})
+		if err != nil {
+			return 0, engineErr(err, "find command in workspace %s", p.ws)
 		}
-	})
-	return p.pid, p.pidErr
+		if ins.PID != 0 {
+			p.pid = ins.PID
+			return p.pid, nil
+		}
+		select {
+		case <-p.outDone:
+			return 0, nil // it never started
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(delay):
+		}
+	}
 }
 
 // signalMarked signals, from the host, every process that carries the
