@@ -35,6 +35,10 @@ func confine(home, hide, proxy string) error {
 	if err := unix.Mount(home, home, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("confine: bind %s: %w", home, err)
 	}
+	// No device nodes or setuid programs from the workspace's files.
+	if err := remount(home, unix.MS_NOSUID|unix.MS_NODEV); err != nil {
+		return err
+	}
 	homeFD, err := unix.Open(home, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("confine: open %s: %w", home, err)
@@ -60,7 +64,7 @@ func confine(home, hide, proxy string) error {
 		if mp == "/proc" || strings.HasPrefix(mp, "/proc/") || mp == home || strings.HasPrefix(mp, home+"/") {
 			continue
 		}
-		if err := remountReadOnly(mp); err != nil {
+		if err := remount(mp, unix.MS_RDONLY); err != nil {
 			return err
 		}
 	}
@@ -102,9 +106,9 @@ func confine(home, hide, proxy string) error {
 
 func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
-// remountReadOnly makes the mount at mp read-only, keeping its other
-// flags (which a user namespace may have locked).
-func remountReadOnly(mp string) error {
+// remount adds flags (MS_RDONLY, MS_NOSUID...) to the mount at mp,
+// keeping its other flags (which a user namespace may have locked).
+func remount(mp string, add uintptr) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs(mp, &st); err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EACCES) {
@@ -112,8 +116,9 @@ func remountReadOnly(mp string) error {
 		}
 		return fmt.Errorf("confine: statfs %s: %w", mp, err)
 	}
-	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY)
+	flags := unix.MS_BIND | unix.MS_REMOUNT | add
 	for _, f := range []struct{ st, ms uintptr }{
+		{unix.ST_RDONLY, unix.MS_RDONLY},
 		{unix.ST_NOSUID, unix.MS_NOSUID}, {unix.ST_NODEV, unix.MS_NODEV}, {unix.ST_NOEXEC, unix.MS_NOEXEC},
 		{unix.ST_NOATIME, unix.MS_NOATIME}, {unix.ST_NODIRATIME, unix.MS_NODIRATIME}, {unix.ST_RELATIME, unix.MS_RELATIME},
 	} {
@@ -125,7 +130,7 @@ func remountReadOnly(mp string) error {
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
 			return nil // mp is over-mounted: its path leads to another mount
 		}
-		return fmt.Errorf("confine: make %s read-only: %w", mp, err)
+		return fmt.Errorf("confine: remount %s: %w", mp, err)
 	}
 	return nil
 }

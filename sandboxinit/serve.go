@@ -30,7 +30,7 @@ type supervisor struct {
 	mu    sync.Mutex
 	execs map[int]*command
 
-	launcher      chan func() // v1: runs forks on the thread in the cgroups (startLauncher)
+	launcher      chan func() // runs forks on the launcher thread (startLauncher)
 	launcherReady chan struct{}
 	cgroupFD      int // v2: commands start in this directory (clone3), or -1
 }
@@ -63,7 +63,12 @@ func supervise(f Flags) error {
 	defer cancel()
 	// Signals first, so that no child exits unnoticed.
 	sigs := make(chan os.Signal, 64)
-	signal.Notify(sigs, syscall.SIGCHLD, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGCHLD)
+	if os.Getpid() != 1 {
+		// As PID 1 of a pid namespace we are stopped with SIGKILL from
+		// outside; without handlers, commands inside cannot signal us.
+		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	}
 
 	// Order matters: the socket and the cgroups are reached through
 	// paths that setup hides or makes read-only.
@@ -88,11 +93,14 @@ func supervise(f Flags) error {
 			return err
 		}
 		s.cgroupFD = fd
-	} else if len(f.Cgroups) > 0 {
-		if err := s.startLauncher(f.Cgroups); err != nil {
-			ready(err)
-			return err
-		}
+	}
+	var v1 []string
+	if !f.CgroupV2 {
+		v1 = f.Cgroups
+	}
+	if err := s.startLauncher(v1, f.Proc && os.Geteuid() == 0); err != nil {
+		ready(err)
+		return err
 	}
 	if err := setup(f); err != nil {
 		ready(err)
@@ -365,6 +373,35 @@ func (s *supervisor) start(req Request, fds []int) (*command, int, string) {
 	return cmd, 0, ""
 }
 
+// keptCaps are the capabilities commands keep: Docker's default set for
+// containers without CAP_MKNOD.
+var keptCaps = map[int]bool{
+	unix.CAP_CHOWN: true, unix.CAP_DAC_OVERRIDE: true, unix.CAP_FSETID: true, unix.CAP_FOWNER: true,
+	unix.CAP_NET_RAW: true, unix.CAP_SETGID: true, unix.CAP_SETUID: true, unix.CAP_SETFCAP: true,
+	unix.CAP_SETPCAP: true, unix.CAP_NET_BIND_SERVICE: true, unix.CAP_SYS_CHROOT: true,
+	unix.CAP_KILL: true, unix.CAP_AUDIT_WRITE: true,
+}
+
+// dropBoundingCaps drops every other capability from the calling thread's
+// bounding set (per thread: the caller must be locked to its thread).
+func dropBoundingCaps() error {
+	last := unix.CAP_LAST_CAP
+	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			last = n
+		}
+	}
+	for c := 0; c <= last; c++ {
+		if keptCaps[c] {
+			continue
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("drop capability %d from the bounding set: %w", c, err)
+		}
+	}
+	return nil
+}
+
 // fork starts the process and registers it for reaping, in the
 // workspace's cgroups.
 func (s *supervisor) fork(path string, argv []string, attr *os.ProcAttr) (*command, error) {
@@ -384,17 +421,25 @@ func (s *supervisor) fork(path string, argv []string, attr *os.ProcAttr) (*comma
 	return cmd, err
 }
 
-// startLauncher starts the thread that forks every command on cgroup v1.
-// Membership is per thread there and a child inherits its forking
-// thread's, so this one thread lives in the workspace's cgroups and the
-// commands it forks are inside their limits from their first instruction,
-// while the rest of the supervisor stays outside: its memory is not
-// charged to the workspace, and only this thread counts against pids.
-// (Moving a thread per command would cost about a millisecond per
-// hierarchy: cgroup v1 migration waits for an RCU grace period.) It must
-// not be the main thread, which stands for the whole process in
+// startLauncher starts the thread that forks every command. A child
+// inherits per-thread state from the thread that forks it, and this one
+// thread carries what commands must start with:
+//
+//   - on cgroup v1, membership of the workspace's cgroups (dirs), so that
+//     commands are inside their limits from their first instruction while
+//     the rest of the supervisor stays outside: its memory is not charged to
+//     the workspace and only this thread counts against pids. (Moving a
+//     thread per command would cost about a millisecond per hierarchy:
+//     cgroup v1 migration waits for an RCU grace period.)
+//   - with dropCaps, a capability bounding set reduced to what Docker
+//     grants containers by default, minus CAP_MKNOD, so that a command
+//     running as root cannot undo the file system confinement (remount,
+//     unmount), load modules, trace the supervisor, open files by handle
+//     or reconfigure the network.
+//
+// It must not be the main thread, which stands for the whole process in
 // cgroup.procs and to the OOM killer.
-func (s *supervisor) startLauncher(dirs []string) error {
+func (s *supervisor) startLauncher(dirs []string, dropCaps bool) error {
 	reqs := make(chan func())
 	errc := make(chan error, 1)
 	var run func()
@@ -412,6 +457,13 @@ func (s *supervisor) startLauncher(dirs []string) error {
 		for _, dir := range dirs {
 			if err := os.WriteFile(filepath.Join(dir, "tasks"), tid, 0); err != nil {
 				errc <- fmt.Errorf("enter cgroup %s: %w", dir, err)
+				close(s.launcherReady)
+				return
+			}
+		}
+		if dropCaps {
+			if err := dropBoundingCaps(); err != nil {
+				errc <- err
 				close(s.launcherReady)
 				return
 			}
