@@ -55,7 +55,10 @@ const (
 	DefaultProxyHeaderTimeout  = 10 * time.Second
 	DefaultProxyIdleTimeout    = 5 * time.Minute
 	DefaultProxyMaxHeaderBytes = 64 << 10
-	DefaultProxyMaxConns       = 128
+	// maxResponseHeaderBytes bounds an upstream response's header, as
+	// net/http's Transport does (it allows 1MiB).
+	maxResponseHeaderBytes = 1 << 20
+	DefaultProxyMaxConns   = 128
 )
 
 // Proxy is the egress proxy that enforces network mode allowlist. It serves
@@ -474,6 +477,11 @@ func (p *Proxy) deny(w *proxyWorkspace, c net.Conn, d Denial) {
 // returns nil. The returned connection is tracked by w.
 func (p *Proxy) dial(w *proxyWorkspace, c net.Conn, method, host string, port int) net.Conn {
 	target := net.JoinHostPort(host, strconv.Itoa(port))
+	literal, litErr := netip.ParseAddr(host)
+	if litErr != nil && !validName(host) {
+		writeError(c, http.StatusBadRequest, fmt.Sprintf("invalid host name %q\n", host))
+		return nil
+	}
 	d := Denial{Host: host, Port: port, Method: method, Reason: DenyNotAllowed,
 		Detail: target + " is not in this workspace's allowed hosts"}
 	if !allowed(*w.hosts.Load(), host, port) {
@@ -484,13 +492,9 @@ func (p *Proxy) dial(w *proxyWorkspace, c net.Conn, method, host string, port in
 	defer cancel()
 
 	var addrs []netip.Addr
-	if a, err := netip.ParseAddr(host); err == nil {
-		addrs = []netip.Addr{a.Unmap()}
+	if litErr == nil {
+		addrs = []netip.Addr{literal.Unmap()}
 	} else {
-		if !validName(host) {
-			writeError(c, http.StatusBadRequest, fmt.Sprintf("invalid host name %q\n", host))
-			return nil
-		}
 		res := p.Resolver
 		if res == nil {
 			res = net.DefaultResolver
@@ -517,7 +521,7 @@ func (p *Proxy) dial(w *proxyWorkspace, c net.Conn, method, host string, port in
 	if len(ok) == 0 {
 		d.Reason = DenyAddress
 		d.Detail = target + " is a loopback, link-local, private or server address, which this server does not allow"
-		if _, err := netip.ParseAddr(host); err != nil {
+		if litErr != nil {
 			d.Detail = fmt.Sprintf("%s resolves to %s, a loopback, link-local, private or server address, which this server does not allow", target, d.Addr)
 		}
 		p.deny(w, c, d)
@@ -602,6 +606,7 @@ func (p *Proxy) connect(w *proxyWorkspace, c net.Conn, br *bufio.Reader, req *ht
 type upstream struct {
 	target string
 	conn   *idleConn
+	lim    *headerLimit // bounds response headers; lifted for bodies
 	br     *bufio.Reader
 }
 
@@ -628,7 +633,8 @@ func (p *Proxy) forward(w *proxyWorkspace, c net.Conn, br *bufio.Reader, req *ht
 			return nil, false
 		}
 		ic := &idleConn{Conn: conn, idle: idle}
-		up = &upstream{target: target, conn: ic, br: bufio.NewReader(ic)}
+		lim := &headerLimit{r: ic, n: -1}
+		up = &upstream{target: target, conn: ic, lim: lim, br: bufio.NewReader(lim)}
 	}
 	fail := func(code int, msg string) (*upstream, bool) {
 		up.conn.Close()
@@ -657,7 +663,9 @@ func (p *Proxy) forward(w *proxyWorkspace, c net.Conn, br *bufio.Reader, req *ht
 	var resp *http.Response
 	for {
 		var err error
+		up.lim.n = maxResponseHeaderBytes
 		resp, err = http.ReadResponse(up.br, req)
+		up.lim.n = -1
 		if err != nil {
 			return fail(http.StatusBadGateway, fmt.Sprintf("corral: no valid response from %s\n", target))
 		}
@@ -773,6 +781,8 @@ func orDefault[T int | time.Duration](v, d T) T {
 	return d
 }
 
+var tunnelBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
 // splice copies both ways between a and b until both directions are done,
 // passing each half-close on, or until nothing moved either way for idle.
 func splice(a, b net.Conn, idle time.Duration) {
@@ -788,7 +798,9 @@ func splice(a, b net.Conn, idle time.Duration) {
 // pipe copies src to dst, then half-closes dst's write side (or closes both
 // on an error, which also ends the other direction).
 func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) {
-	buf := make([]byte, 32<<10)
+	bp := tunnelBufs.Get().(*[]byte)
+	defer tunnelBufs.Put(bp)
+	buf := *bp
 	for {
 		src.SetReadDeadline(time.Now().Add(idle))
 		n, err := src.Read(buf)

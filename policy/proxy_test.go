@@ -581,3 +581,99 @@ func BenchmarkProxyConnect(b *testing.B) {
 		}
 	}
 }
+
+// TestProxyHTTPDetails: Expect: 100-continue is answered by the proxy, chunked
+// bodies pass, and a narrowed allowlist applies to the next request of a
+// kept-alive connection.
+func TestProxyHTTPDetails(t *testing.T) {
+	_, port := origin(t)
+	hp := "allowed.test:" + strconv.Itoa(port)
+	p, d := newProxy(t, true)
+	sock := open(t, p, "ws1", hp, "other.test")
+
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute)) // against hanging only
+	br := bufio.NewReader(c)
+
+	io.WriteString(c, "POST http://"+hp+"/up HTTP/1.1\r\nHost: "+hp+"\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusContinue {
+		t.Fatalf("want 100 Continue first: %v %v", resp, err)
+	}
+	io.WriteString(c, "hello")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if want := "origin host=" + hp + " method=POST uri=/up body=hello leaked=[]"; string(body) != want {
+		t.Fatalf("got %q, want %q", body, want)
+	}
+
+	io.WriteString(c, "POST http://"+hp+"/chunked HTTP/1.1\r\nHost: "+hp+"\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	if want := "origin host=" + hp + " method=POST uri=/chunked body=abcde leaked=[]"; string(body) != want {
+		t.Fatalf("got %q, want %q", body, want)
+	}
+
+	open(t, p, "ws1", "other.test") // narrow the list under the open connection
+	io.WriteString(c, "GET http://"+hp+"/again HTTP/1.1\r\nHost: "+hp+"\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("request after narrowing: %v %v, want 403", resp, err)
+	}
+	if _, ds := d.all(); len(ds) != 1 || ds[0].Host != "allowed.test" {
+		t.Fatalf("denials %+v", ds)
+	}
+}
+
+// TestProxyBadNamesAndUpstreams: an invalid name is a bad request, not a
+// denial; an upstream with an endless header is cut off with 502.
+func TestProxyBadNamesAndUpstreams(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Huge: ")
+				chunk := []byte(strings.Repeat("a", 64<<10))
+				for { // one endless header line, until the proxy hangs up
+					if _, err := c.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	hp := fmt.Sprintf("allowed.test:%d", ln.Addr().(*net.TCPAddr).Port)
+	p, d := newProxy(t, true)
+	sock := open(t, p, "ws1", hp)
+
+	if resp, _ := rawRequest(t, sock, getReq(hp)); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("endless upstream header: %d, want 502", resp.StatusCode)
+	}
+	for _, bad := range []string{"bad!name:80", "under score:80", "-x.test:80"} {
+		if resp, body := rawRequest(t, sock, connectReq(bad)); resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("CONNECT %s: %d %q, want 400", bad, resp.StatusCode, body)
+		}
+	}
+	if _, ds := d.all(); len(ds) != 0 {
+		t.Fatalf("bad requests reported as denials: %+v", ds)
+	}
+}
