@@ -296,3 +296,57 @@ func BenchmarkForwardThroughput(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkTunnelThroughProxy measures bulk transfer over the whole path a
+// sandbox uses: forwarder → unix socket → egress proxy CONNECT tunnel → a
+// TCP sink on loopback.
+func BenchmarkTunnelThroughProxy(b *testing.B) {
+	sink, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+	go func() {
+		for {
+			c, err := sink.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	hp := fmt.Sprintf("allowed.test:%d", sink.Addr().(*net.TCPAddr).Port)
+	dir, _ := os.MkdirTemp("", "fw")
+	defer os.RemoveAll(dir)
+	p := &policy.Proxy{Dir: dir, AllowPrivate: true, Resolver: resolver{"allowed.test": {netip.MustParseAddr("127.0.0.1")}}}
+	defer p.Shutdown(context.Background())
+	sock, err := p.Open("bench", []string{hp})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sandboxinit.Forward(ctx, addr, sock) }()
+	defer func() { cancel(); <-done }()
+	var c net.Conn
+	for c == nil {
+		c, _ = net.Dial("tcp", addr)
+	}
+	defer c.Close()
+	io.WriteString(c, "CONNECT "+hp+" HTTP/1.1\r\n\r\n")
+	resp := make([]byte, len("HTTP/1.1 200 Connection established\r\n\r\n"))
+	if _, err := io.ReadFull(c, resp); err != nil || !strings.Contains(string(resp), " 200 ") {
+		b.Fatalf("CONNECT: %q %v", resp, err)
+	}
+	buf := make([]byte, 1<<20)
+	b.SetBytes(int64(len(buf)))
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
