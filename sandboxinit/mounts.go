@@ -22,13 +22,14 @@ import (
 //   - hide (the runtime's data directory, holding other workspaces and the
 //     supervisors' sockets) loses the mounts below it and is covered by an
 //     empty tmpfs;
-//   - /tmp and /dev/shm are fresh, private tmpfs;
+//   - /tmp and /dev/shm are fresh, private tmpfs (of tmpSize bytes each if
+//     set; their pages are charged to the writer's memory cgroup anyway);
 //   - home, and the proxy socket if it was covered, are bound back at their
 //     paths.
 //
 // Commands still read the host's files outside hide (they run the host's
 // programs); they can write only to home, /tmp and /dev/shm.
-func confine(home, hide, proxy string) error {
+func confine(home, hide, proxy string, tmpSize int64) error {
 	if home == "" {
 		return errors.New("confine: no home directory given")
 	}
@@ -73,11 +74,15 @@ func confine(home, hide, proxy string) error {
 			return fmt.Errorf("confine: cover %s: %w", hide, err)
 		}
 	}
+	opts := "mode=1777"
+	if tmpSize > 0 {
+		opts += ",size=" + strconv.FormatInt(tmpSize, 10)
+	}
 	for _, dir := range []string{"/tmp", "/dev/shm"} {
 		if _, err := os.Stat(dir); err != nil {
 			continue
 		}
-		if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+		if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 			return fmt.Errorf("confine: tmpfs on %s: %w", dir, err)
 		}
 	}

@@ -39,6 +39,7 @@ type Flags struct {
 	Confine bool
 	Home    string
 	Hide    string
+	TmpSize int64 // size of the /tmp and /dev/shm tmpfs in bytes; 0 = the kernel's default (half of RAM)
 	// Cgroups are the cgroup directories every command starts in (one per
 	// v1 hierarchy, or one v2 directory with CgroupV2). The supervisor
 	// itself stays outside them, so its memory and threads do not count
@@ -84,6 +85,9 @@ func (f Flags) Args() []string {
 	if f.Hide != "" {
 		a = append(a, "--hide", f.Hide)
 	}
+	if f.TmpSize > 0 {
+		a = append(a, "--tmp-size", fmt.Sprint(f.TmpSize))
+	}
 	for _, c := range f.Cgroups {
 		a = append(a, "--cgroup", c)
 	}
@@ -111,6 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.BoolVar(&f.Check, "check", false, "set up, report on --ready-fd or stderr, and exit")
 	fs.BoolVar(&f.Confine, "confine", false, "with --proc: read-only host file system, fresh /tmp, writable --home only")
 	fs.StringVar(&f.Home, "home", "", "the workspace directory, kept writable")
+	fs.Int64Var(&f.TmpSize, "tmp-size", 0, "with --confine, size of /tmp and /dev/shm in bytes")
 	fs.StringVar(&f.Hide, "hide", "", "cover this directory with an empty tmpfs (keeping --home and --proxy reachable)")
 	fs.Func("cgroup", "start commands in this cgroup directory (repeatable: one per v1 hierarchy)", func(v string) error {
 		f.Cgroups = append(f.Cgroups, v)

@@ -153,7 +153,7 @@ func setup(f Flags) error {
 			return fmt.Errorf("mount /proc: %w", err)
 		}
 		if f.Confine {
-			if err := confine(f.Home, f.Hide, f.Proxy); err != nil {
+			if err := confine(f.Home, f.Hide, f.Proxy, f.TmpSize); err != nil {
 				return err
 			}
 		}

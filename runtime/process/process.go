@@ -550,6 +550,8 @@ func (d *Driver) start(ctx context.Context, m *meta) (err error) {
 		flags.Confine = true
 		flags.Home = home
 		flags.Hide = d.dataDir
+		// A disk limit caps the scratch space too.
+		flags.TmpSize = int64(m.Policy.Limits.Disk)
 	}
 	if m.Policy.Network.Mode == policy.NetworkAllowlist {
 		flags.Proxy = m.ProxySocket

@@ -339,6 +339,11 @@ func TestDiskLimit(t *testing.T) {
 	if !strings.Contains(r.stdout, "No space left") || strings.Contains(r.stdout, "rc=0") {
 		t.Errorf("writing 40M into a 16MiB workspace: %q", r.stdout)
 	}
+	// /tmp is capped as well.
+	r = sh(t, rt, ws, "dd if=/dev/zero of=/tmp/big bs=1M count=40 2>&1; echo rc=$?; rm -f /tmp/big")
+	if !strings.Contains(r.stdout, "No space left") || strings.Contains(r.stdout, "rc=0") {
+		t.Errorf("writing 40M into /tmp of a 16MiB workspace: %q", r.stdout)
+	}
 	// What fits stays, across Stop and Start.
 	sh(t, rt, ws, "rm -f big; echo kept > small")
 	ctx := context.Background()
