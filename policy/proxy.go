@@ -226,11 +226,12 @@ func (p *Proxy) Close(workspaceID string) error {
 	if !validWorkspaceID(workspaceID) {
 		return errdefs.Invalid("invalid_id", "proxy: invalid workspace id %q", workspaceID)
 	}
+	// Held throughout, so that a concurrent Open of the same workspace
+	// cannot create a socket that this Close then deletes.
 	p.mu.Lock()
-	w := p.ws[workspaceID]
-	delete(p.ws, workspaceID)
-	p.mu.Unlock()
-	if w != nil {
+	defer p.mu.Unlock()
+	if w := p.ws[workspaceID]; w != nil {
+		delete(p.ws, workspaceID)
 		w.close()
 	}
 	if p.Dir == "" {
