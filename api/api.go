@@ -11,6 +11,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/corralhq/corral/conversation"
 	"github.com/corralhq/corral/store"
 	"github.com/corralhq/corral/workspace"
 )
@@ -19,18 +20,21 @@ import (
 type Config struct {
 	DB         *store.DB
 	Workspaces *workspace.Manager
-	Logger     hclog.Logger
+	// Conversations serves /conversations; nil leaves those routes out.
+	Conversations *conversation.Service
+	Logger        hclog.Logger
 	// Version is reported by /health.
 	Version string
 }
 
 // Server is the HTTP API. Build it with New and serve Handler().
 type Server struct {
-	db         *store.DB
-	workspaces *workspace.Manager
-	log        hclog.Logger
-	version    string
-	metrics    *metrics
+	db            *store.DB
+	workspaces    *workspace.Manager
+	conversations *conversation.Service
+	log           hclog.Logger
+	version       string
+	metrics       *metrics
 }
 
 // New returns a Server.
@@ -39,7 +43,7 @@ func New(cfg Config) *Server {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Server{db: cfg.DB, workspaces: cfg.Workspaces, log: log, version: cfg.Version, metrics: newMetrics()}
+	return &Server{db: cfg.DB, workspaces: cfg.Workspaces, conversations: cfg.Conversations, log: log, version: cfg.Version, metrics: newMetrics()}
 }
 
 // Handler returns the router.
@@ -66,10 +70,16 @@ func (s *Server) Handler() http.Handler {
 				r.Put("/archive", s.putArchive)
 			})
 		})
+		if s.conversations != nil {
+			r.Route("/conversations", s.conversationRoutes)
+		}
 	})
 	// The exec socket authenticates itself: browsers cannot set headers, so
 	// it also accepts the key in its first frame.
 	r.Get("/workspaces/{id}/exec", s.execSocket)
+	if s.conversations != nil {
+		r.Get("/conversations/{id}/stream", s.conversationStream)
+	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, ErrorBody{Error: ErrorDetail{Code: "not_found", Message: "no such route"}})
 	})

@@ -159,7 +159,11 @@ func TestBadInput(t *testing.T) {
 		{"unknown workspace", "GET", "/workspaces/ws_nope", nil, 404, "not_found"},
 		{"unknown route", "GET", "/nope", nil, 404, "not_found"},
 	} {
-		t.Run(c.name, func(t *testing.T) { e.wantError(e.alice, c.method, c.path, c.body, c.status, c.code) })
+		t.Run(c.name, func(t *testing.T) {
+			sub := *e
+			sub.t = t
+			sub.wantError(e.alice, c.method, c.path, c.body, c.status, c.code)
+		})
 	}
 
 	// Symlinks that lead outside the workspace are refused both ways.

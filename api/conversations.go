@@ -66,16 +66,12 @@ type StreamFrame struct {
 	*store.Event
 }
 
-// conversationRoutes serves /conversations with svc. The lead mounts it
-// under the authenticated router:
-//
-//	r.Route("/conversations", func(r chi.Router) { s.conversationRoutes(r, s.conversations) })
-//
-// and the stream, which authenticates itself, outside it (see
-// conversationStream).
-func (s *Server) conversationRoutes(r chi.Router, svc *conversation.Service) {
-	r.Post("/", func(w http.ResponseWriter, r *http.Request) { s.createConversation(w, r, svc) })
-	r.Get("/", func(w http.ResponseWriter, r *http.Request) { s.listConversations(w, r, svc) })
+// conversationRoutes serves /conversations under the authenticated router;
+// the stream, which authenticates itself, is mounted outside it.
+func (s *Server) conversationRoutes(r chi.Router) {
+	svc := s.conversations
+	r.Post("/", s.createConversation)
+	r.Get("/", s.listConversations)
 	r.Route("/{id}", func(r chi.Router) {
 		r.Get("/", func(w http.ResponseWriter, r *http.Request) {
 			c, err := svc.Get(r.Context(), userFrom(r.Context()).ID, chi.URLParam(r, "id"))
@@ -112,11 +108,12 @@ func (s *Server) conversationRoutes(r chi.Router, svc *conversation.Service) {
 			}
 			writeJSON(w, http.StatusOK, conversation.InfoOf(c))
 		})
-		r.Get("/events", func(w http.ResponseWriter, r *http.Request) { s.conversationEvents(w, r, svc) })
+		r.Get("/events", s.conversationEvents)
 	})
 }
 
-func (s *Server) createConversation(w http.ResponseWriter, r *http.Request, svc *conversation.Service) {
+func (s *Server) createConversation(w http.ResponseWriter, r *http.Request) {
+	svc := s.conversations
 	var req CreateConversationRequest
 	if !s.readJSON(w, r, &req) {
 		return
@@ -154,7 +151,8 @@ func (s *Server) createConversation(w http.ResponseWriter, r *http.Request, svc 
 	writeJSON(w, http.StatusCreated, conversation.InfoOf(c))
 }
 
-func (s *Server) listConversations(w http.ResponseWriter, r *http.Request, svc *conversation.Service) {
+func (s *Server) listConversations(w http.ResponseWriter, r *http.Request) {
+	svc := s.conversations
 	after, limit, err := pageParams(r)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -188,7 +186,8 @@ func seqParam(r *http.Request) (int64, error) {
 	return n, nil
 }
 
-func (s *Server) conversationEvents(w http.ResponseWriter, r *http.Request, svc *conversation.Service) {
+func (s *Server) conversationEvents(w http.ResponseWriter, r *http.Request) {
+	svc := s.conversations
 	after, err := seqParam(r)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -221,53 +220,52 @@ func (s *Server) conversationEvents(w http.ResponseWriter, r *http.Request, svc 
 // then live ones) in order, pings every 15 s, and closes with CloseResume
 // when the client falls too far behind, 1001 when the server shuts down,
 // 4404 when the conversation is deleted.
-func (s *Server) conversationStream(svc *conversation.Service) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		id := chi.URLParam(r, "id")
-		after, err := seqParam(r)
-		if err != nil {
-			s.writeError(w, r, err)
-			return
+func (s *Server) conversationStream(w http.ResponseWriter, r *http.Request) {
+	svc := s.conversations
+	id := chi.URLParam(r, "id")
+	after, err := seqParam(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var sub *conversation.Subscription
+	conn, _ := s.acceptSocket(w, r, func(u store.User) error {
+		var err error
+		sub, err = svc.Subscribe(r.Context(), u.ID, id, after)
+		return err
+	})
+	if conn == nil {
+		if sub != nil {
+			sub.Close()
 		}
-		var sub *conversation.Subscription
-		conn, _ := s.acceptSocket(w, r, func(u store.User) error {
-			var err error
-			sub, err = svc.Subscribe(r.Context(), u.ID, id, after)
-			return err
-		})
-		if conn == nil {
-			if sub != nil {
-				sub.Close()
-			}
-			return
-		}
-		defer conn.CloseNow()
-		defer sub.Close()
-		// Nothing is read after the handshake; CloseRead answers pings and
-		// notices the client leaving.
-		ctx := conn.CloseRead(r.Context())
-		ctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		go heartbeat(ctx, conn, cancel)
+		return
+	}
+	defer conn.CloseNow()
+	defer sub.Close()
+	// Nothing is read after the handshake; CloseRead answers pings and
+	// notices the client leaving.
+	ctx := conn.CloseRead(r.Context())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go heartbeat(ctx, conn, cancel)
 
-		snap := sub.Snapshot()
-		info := conversation.InfoOf(snap.Conversation)
-		if err := writeStreamFrame(ctx, conn, StreamFrame{Type: "snapshot", Conversation: &info}); err != nil {
+	snap := sub.Snapshot()
+	info := conversation.InfoOf(snap.Conversation)
+	if err := writeStreamFrame(ctx, conn, StreamFrame{Type: "snapshot", Conversation: &info}); err != nil {
+		return
+	}
+	for {
+		e, err := sub.Next(ctx)
+		if err != nil {
+			s.closeStream(conn, sub, err)
 			return
 		}
-		for {
-			e, err := sub.Next(ctx)
-			if err != nil {
-				s.closeStream(conn, sub, err)
-				return
+		if err := writeStreamFrame(ctx, conn, StreamFrame{Type: "event", Event: &e}); err != nil {
+			if ctx.Err() == nil {
+				// Stalled: it may come back and resume.
+				conn.Close(CloseResume, fmt.Sprintf("write timed out; resume after=%d", sub.Last()-1))
 			}
-			if err := writeStreamFrame(ctx, conn, StreamFrame{Type: "event", Event: &e}); err != nil {
-				if ctx.Err() == nil {
-					// Stalled: it may come back and resume.
-					conn.Close(CloseResume, fmt.Sprintf("write timed out; resume after=%d", sub.Last()-1))
-				}
-				return
-			}
+			return
 		}
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/go-chi/chi/v5"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/corralhq/corral/conversation"
@@ -98,14 +97,7 @@ func newConvEnv(t *testing.T, llmURL string) *convEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(Config{DB: db, Workspaces: mgr, Logger: log})
-	r := chi.NewRouter()
-	r.Group(func(r chi.Router) {
-		r.Use(s.authenticate)
-		r.Route("/conversations", func(r chi.Router) { s.conversationRoutes(r, svc) })
-	})
-	r.Get("/conversations/{id}/stream", s.conversationStream(svc))
-	srv := httptest.NewServer(r)
+	srv := httptest.NewServer(New(Config{DB: db, Workspaces: mgr, Conversations: svc, Logger: log}).Handler())
 	e := &convEnv{t: t, url: srv.URL, svc: svc, db: db}
 	for _, name := range []string{"alice", "bob"} {
 		u, err := db.EnsureUser(ctx, name)

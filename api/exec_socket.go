@@ -95,7 +95,11 @@ func (s *Server) execSocket(w http.ResponseWriter, r *http.Request) {
 		fail(err)
 		return
 	}
-	go s.pumpExecInput(ctx, conn, proc, stdinW, fail)
+	go func() {
+		s.pumpExecInput(ctx, conn, proc, stdinW, fail)
+		// The client is gone (or broke the protocol): kill the command.
+		cancel()
+	}()
 	if err := send(ExecServerFrame{Type: "started"}); err != nil {
 		cancel()
 	}
@@ -109,8 +113,8 @@ func (s *Server) execSocket(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// pumpExecInput reads client frames until the socket closes, which cancels
-// ctx and so kills the command.
+// pumpExecInput reads client frames until the socket closes or a frame is
+// bad.
 func (s *Server) pumpExecInput(ctx context.Context, conn *websocket.Conn, proc runtime.Process, stdin *io.PipeWriter, fail func(error)) {
 	// Stdin is written from its own goroutine so that a command that does
 	// not read it never blocks resize and signal frames.

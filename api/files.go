@@ -4,6 +4,7 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"strconv"
 
 	"github.com/go-chi/chi/v5"
@@ -11,8 +12,15 @@ import (
 	"github.com/corralhq/corral/errdefs"
 )
 
-// filePath is the path after /files/, relative to the workspace root.
-func filePath(r *http.Request) string { return chi.URLParam(r, "*") }
+// filePath is the path after /files/, relative to the workspace root,
+// unescaped: "a%2F..%2Fb" is "a/../b", which the path rules then refuse.
+func filePath(r *http.Request) string {
+	p := chi.URLParam(r, "*")
+	if u, err := url.PathUnescape(p); err == nil {
+		return u
+	}
+	return p
+}
 
 // getFile answers a file's bytes, a directory's JSON listing, or with
 // ?stat=1 any path's JSON description.

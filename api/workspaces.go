@@ -53,7 +53,15 @@ func (s *Server) getWorkspace(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteWorkspace(w http.ResponseWriter, r *http.Request) {
-	if err := s.workspaces.Delete(r.Context(), userFrom(r.Context()).ID, chi.URLParam(r, "id")); err != nil {
+	user, id := userFrom(r.Context()), chi.URLParam(r, "id")
+	if s.conversations != nil {
+		// Its conversations go with it (their agents stopped first).
+		if err := s.conversations.DeleteInWorkspace(r.Context(), user.ID, id); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	if err := s.workspaces.Delete(r.Context(), user.ID, id); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

@@ -136,18 +136,19 @@ func (c Config) Resolve(req Policy) (Policy, error) {
 	if l.Disk != 0 && l.Disk < 1<<20 {
 		return Policy{}, errdefs.Invalid("invalid_limit", "disk limit %s is below the minimum of 1MiB", l.Disk)
 	}
-	fill(&l.Memory, d.Memory)
-	fill(&l.CPUs, d.CPUs)
-	fill(&l.Pids, d.Pids)
-	fill(&l.Disk, d.Disk)
-	fill(&l.NoFile, d.NoFile)
-	fill(&l.Timeout, d.Timeout)
-	fill(&l.IdleTimeout, d.IdleTimeout)
-	fill(&l.Lifetime, d.Lifetime)
-	fill(&l.Upload, d.Upload)
-	fill(&l.Output, d.Output)
-
+	// A default never exceeds the maximum, whatever the operator set.
 	m := c.Max
+	fill(&l.Memory, capAt(d.Memory, m.Memory))
+	fill(&l.CPUs, capAt(d.CPUs, m.CPUs))
+	fill(&l.Pids, capAt(d.Pids, m.Pids))
+	fill(&l.Disk, capAt(d.Disk, m.Disk))
+	fill(&l.NoFile, capAt(d.NoFile, m.NoFile))
+	fill(&l.Timeout, capAt(d.Timeout, m.Timeout))
+	fill(&l.IdleTimeout, capAt(d.IdleTimeout, m.IdleTimeout))
+	fill(&l.Lifetime, capAt(d.Lifetime, m.Lifetime))
+	fill(&l.Upload, capAt(d.Upload, m.Upload))
+	fill(&l.Output, capAt(d.Output, m.Output))
+
 	for _, x := range []struct {
 		name      string
 		got, max  float64
@@ -205,6 +206,14 @@ func fill[T comparable](v *T, def T) {
 	if *v == zero {
 		*v = def
 	}
+}
+
+// capAt returns v, or max if max is set and v exceeds it.
+func capAt[T int64 | float64 | Bytes | Duration](v, max T) T {
+	if max > 0 && v > max {
+		return max
+	}
+	return v
 }
 
 func modeList() string {

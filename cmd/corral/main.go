@@ -12,7 +12,9 @@ import (
 	"github.com/corralhq/corral/sandboxinit"
 
 	// The runtimes register themselves.
-	// _ "github.com/corralhq/corral/runtime/process"
+	_ "github.com/corralhq/corral/runtime/docker"
+	_ "github.com/corralhq/corral/runtime/podman"
+	_ "github.com/corralhq/corral/runtime/process"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".

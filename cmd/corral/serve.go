@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/corralhq/corral/api"
+	"github.com/corralhq/corral/conversation"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
 	"github.com/corralhq/corral/store"
@@ -117,17 +118,43 @@ func run(ctx context.Context, c serveConfig, log hclog.Logger) error {
 	caps := rt.Capabilities()
 	log.Info("runtime ready", "runtime", rt.Name(), "isolation", caps.Isolation, "network", caps.Policy.Network, "memory", caps.Policy.Memory, "cpu", caps.Policy.CPU, "pids", caps.Policy.Pids, "disk", caps.Policy.Disk)
 
+	proxy := &policy.Proxy{Dir: filepath.Join(dataDir, "proxy"), AllowPrivate: pol.AllowPrivate, Logger: log.Named("egress")}
+	proxy.OnDeny = func(workspaceID string, d policy.Denial) {
+		log.Info("egress denied", "workspace_id", workspaceID, "host", d.Host, "port", d.Port, "reason", d.Reason)
+		detail, _ := json.Marshal(d)
+		owner := ""
+		if w, err := db.Workspace(context.Background(), workspaceID); err == nil {
+			owner = w.UserID
+		}
+		if err := db.Audit(context.Background(), owner, "egress.denied", workspaceID, string(detail)); err != nil {
+			log.Warn("record egress denial", "workspace_id", workspaceID, "error", err)
+		}
+	}
+	defer proxy.Shutdown(context.Background())
+
 	mgr := workspace.New(workspace.Config{
-		DB: db, Runtime: rt, Policy: pol, Logger: log.Named("workspace"), DefaultImage: c.image,
+		DB: db, Runtime: rt, Policy: pol, Proxy: proxy, Logger: log.Named("workspace"), DefaultImage: c.image,
 	})
 	if err := mgr.Reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile workspaces: %w", err)
+	}
+
+	ccfg := conversation.ConfigFromEnv()
+	ccfg.Logger = log.Named("conversation")
+	convs, err := conversation.New(db, mgr, ccfg)
+	if err != nil {
+		return fmt.Errorf("conversations: %w", err)
+	}
+	if n, err := convs.Recover(ctx); err != nil {
+		return err
+	} else if n > 0 {
+		log.Info("marked conversations interrupted by the restart", "count", n)
 	}
 	bg, cancelBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelBG()
 	go mgr.Run(bg, 30*time.Second)
 
-	srv := api.New(api.Config{DB: db, Workspaces: mgr, Logger: log.Named("api"), Version: version})
+	srv := api.New(api.Config{DB: db, Workspaces: mgr, Conversations: convs, Logger: log.Named("api"), Version: version})
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
 		return err
@@ -152,6 +179,9 @@ func run(ctx context.Context, c serveConfig, log hclog.Logger) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err = hs.Shutdown(sctx)
+	if cerr := convs.Close(sctx); cerr != nil {
+		log.Warn("stop conversations", "error", cerr)
+	}
 	cancelBG()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
