@@ -18,6 +18,14 @@ import (
 
 func TestScenarioProcess(t *testing.T) { scenario(t, processBackend) }
 
+// TestScenarioEngines runs the same HTTP scenario on Docker and on rootful
+// and rootless Podman.
+func TestScenarioEngines(t *testing.T) {
+	for _, be := range engineBackends {
+		t.Run(be.name, func(t *testing.T) { scenario(t, be) })
+	}
+}
+
 func TestHealthReadyMetrics(t *testing.T) {
 	e := newEnv(t, processBackend)
 	var health map[string]string

@@ -36,6 +36,20 @@ func BenchmarkExecuteTrue(b *testing.B) {
 	})
 }
 
+// BenchmarkEngineExecuteTrue measures one `execute` of /bin/true through
+// Corral's API on each container engine. Each driver package benchmarks the
+// same exec made straight to the engine's API (BenchmarkEngineExecTrue), the
+// baseline for these figures.
+func BenchmarkEngineExecuteTrue(b *testing.B) {
+	for _, be := range engineBackends {
+		b.Run("corral="+be.name, func(b *testing.B) {
+			e := newEnv(b, be)
+			ws := e.createWorkspace(e.alice, nil)
+			benchPost(b, e.url+"/workspaces/"+ws.ID+"/execute", e.alice)
+		})
+	}
+}
+
 func benchPost(b *testing.B, url, key string) {
 	body := []byte(`{"argv":["/bin/true"]}`)
 	client := &http.Client{}

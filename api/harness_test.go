@@ -14,12 +14,15 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/corralhq/corral/api"
+	"github.com/corralhq/corral/internal/enginetest"
 	"github.com/corralhq/corral/internal/testbin"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
 	"github.com/corralhq/corral/store"
 	"github.com/corralhq/corral/workspace"
 
+	_ "github.com/corralhq/corral/runtime/docker"
+	_ "github.com/corralhq/corral/runtime/podman"
 	_ "github.com/corralhq/corral/runtime/process"
 )
 
@@ -212,4 +215,13 @@ func (e *env) execute(key, id string, req map[string]any) workspace.ExecuteResul
 	var res workspace.ExecuteResult
 	e.json(key, "POST", "/workspaces/"+id+"/execute", req, http.StatusOK, &res)
 	return res
+}
+
+// engineBackends are the container runtimes. Their options skip the test
+// when the engine is unreachable, or fail it when CORRAL_REQUIRE_ENGINES is
+// set.
+var engineBackends = []backend{
+	{name: "docker", runtime: "docker", image: enginetest.TestImage, options: enginetest.Docker},
+	{name: "podman", runtime: "podman", image: enginetest.TestImage, options: func(t testing.TB) map[string]string { return enginetest.Podman(t, false) }},
+	{name: "podman-rootless", runtime: "podman", image: enginetest.TestImage, options: func(t testing.TB) map[string]string { return enginetest.Podman(t, true) }},
 }
