@@ -331,13 +331,13 @@ func (p *Proxy) accept(w *proxyWorkspace) {
 			go func() {
 				defer w.untrack(c)
 				defer func() { <-w.sem }()
-				defer c.Close()
+				defer lingerClose(c)
 				p.serve(w, c)
 			}()
 		default:
 			go func() {
 				defer w.untrack(c)
-				defer c.Close()
+				defer lingerClose(c)
 				c.SetWriteDeadline(time.Now().Add(orDefault(p.HeaderTimeout, DefaultProxyHeaderTimeout)))
 				writeError(c, http.StatusServiceUnavailable, "too many concurrent connections through this workspace's proxy\n")
 			}()
@@ -829,6 +829,18 @@ func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) {
 		dst.Close()
 		return
 	}
+}
+
+// lingerClose closes a client connection so that the client reads our last
+// answer: closing a socket with unread input (a request body after a 403,
+// say) resets it, and the reset can destroy the answer before the client
+// reads it. So the write side is shut first and input drained for a moment.
+func lingerClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		io.CopyN(io.Discard, c, 256<<10)
+	}
+	c.Close()
 }
 
 // writeError answers a proxy request with a short text body and closes the

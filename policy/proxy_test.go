@@ -677,3 +677,28 @@ func TestProxyBadNamesAndUpstreams(t *testing.T) {
 		t.Fatalf("bad requests reported as denials: %+v", ds)
 	}
 }
+
+// TestProxyDeniedUploadReadsAnswer: a client whose request body is still
+// coming when the proxy refuses it gets the 403, not a reset.
+func TestProxyDeniedUploadReadsAnswer(t *testing.T) {
+	p, d := newProxy(t, true)
+	sock := open(t, p, "ws1", "allowed.test")
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute)) // against hanging only
+	body := strings.Repeat("x", 1<<20)
+	go func() {
+		io.WriteString(c, "POST http://other.test/upload HTTP/1.1\r\nHost: other.test\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n")
+		io.WriteString(c, body) // may fail once the proxy hangs up
+	}()
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("denied upload: %v %v, want 403", resp, err)
+	}
+	if _, ds := d.all(); len(ds) != 1 || ds[0].Method != "POST" || ds[0].Host != "other.test" || ds[0].Port != 80 {
+		t.Fatalf("denials %+v", ds)
+	}
+}

@@ -108,29 +108,37 @@ func Forward(ctx context.Context, listenAddr, socketPath string) error {
 	}
 }
 
-// relay copies both ways between a and b until both directions have ended.
-// io.Copy between a TCP and a unix stream socket uses splice(2) on Linux, so
-// no bytes pass through user space.
-func relay(a, b net.Conn) {
+// relay copies both ways between the client c and the proxy connection u
+// until both directions have ended. io.Copy between a TCP and a unix stream
+// socket uses splice(2) on Linux, so no bytes pass through user space.
+//
+// The end of one direction is passed on as a half-close, never as a close,
+// so that the other direction still delivers everything: when the proxy
+// refuses a request and hangs up while the client is still sending its
+// body, the client must still read the refusal. Only a failure to write to
+// the client ends everything at once.
+func relay(c, u net.Conn) {
 	done := make(chan struct{})
 	go func() {
-		copyHalf(b, a)
+		io.Copy(u, c) // ends at the client's EOF, or when the proxy stops reading
+		closeWrite(u)
 		close(done)
 	}()
-	copyHalf(a, b)
+	if _, err := io.Copy(c, u); err != nil {
+		c.Close()
+		u.Close()
+	} else {
+		closeWrite(c)
+	}
 	<-done
+	// Input the client sent that nobody read would make closing c reset
+	// the connection, which can destroy the answer still on its way.
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	io.CopyN(io.Discard, c, 256<<10)
 }
 
-// copyHalf copies src to dst and then passes the end of src on as a
-// half-close of dst; if that is impossible, or the copy failed, it closes
-// both so that the other direction ends too.
-func copyHalf(dst, src net.Conn) {
-	_, err := io.Copy(dst, src)
-	if err == nil {
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-			return
-		}
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
 	}
-	dst.Close()
-	src.Close()
 }

@@ -1,6 +1,7 @@
 package sandboxinit_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -347,6 +348,36 @@ func BenchmarkTunnelThroughProxy(b *testing.B) {
 	for b.Loop() {
 		if _, err := c.Write(buf); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestForwardDeniedUploadReadsAnswer: when the proxy refuses a request whose
+// body is still coming, the client behind the forwarder gets the 403 rather
+// than a reset.
+func TestForwardDeniedUploadReadsAnswer(t *testing.T) {
+	p := &policy.Proxy{Dir: shortTempDir(t), Resolver: resolver{}}
+	defer p.Shutdown(context.Background())
+	sock, err := p.Open("ws-up", []string{"allowed.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := startForward(t, sock)
+	for i := range 20 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(time.Minute)) // against hanging only
+		body := strings.Repeat("x", 4<<20)
+		go func() {
+			io.WriteString(c, "POST http://other.test/upload HTTP/1.1\r\nHost: other.test\r\nContent-Length: "+fmt.Sprint(len(body))+"\r\n\r\n")
+			io.WriteString(c, body) // fails once the proxy hangs up
+		}()
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		c.Close()
+		if err != nil || resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("attempt %d: denied upload through the forwarder: %v %v, want 403", i, resp, err)
 		}
 	}
 }
