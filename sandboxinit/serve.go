@@ -1,6 +1,7 @@
 package sandboxinit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,6 +31,7 @@ type supervisor struct {
 	// is never reaped before its pid is registered in execs.
 	mu    sync.Mutex
 	execs map[int]*command
+	seq   atomic.Int64 // numbers commands for their CORRAL_EXEC marker
 
 	launcher      chan func() // runs forks on the launcher thread (startLauncher)
 	launcherReady chan struct{}
@@ -39,6 +42,7 @@ type supervisor struct {
 // session and process group ID (it is started with setsid).
 type command struct {
 	pid    int
+	marker string // value of the command's CORRAL_EXEC variable
 	mu     sync.Mutex
 	exited bool
 	done   chan syscall.WaitStatus
@@ -271,7 +275,7 @@ func (s *supervisor) serve(c *net.UnixConn) {
 		return
 	}
 	if err := Send(c, Reply{Op: OpStarted, Pid: cmd.pid}); err != nil {
-		killTree(cmd.pid)
+		killTree(cmd.pid, cmd.marker)
 		<-cmd.done
 		return
 	}
@@ -291,7 +295,7 @@ func (s *supervisor) serve(c *net.UnixConn) {
 			case OpSignal:
 				cmd.signal(syscall.Signal(ctl.Signal))
 			case OpKill:
-				killTree(cmd.pid)
+				killTree(cmd.pid, cmd.marker)
 			}
 		}
 	}()
@@ -299,7 +303,7 @@ func (s *supervisor) serve(c *net.UnixConn) {
 	select {
 	case ws = <-cmd.done:
 	case <-hangup:
-		killTree(cmd.pid)
+		killTree(cmd.pid, cmd.marker)
 		<-cmd.done
 		return
 	}
@@ -341,6 +345,9 @@ func (s *supervisor) start(req Request, fds []int) (*command, int, string) {
 		fmt.Fprintln(files[2], msg)
 		return nil, code, msg
 	}
+	// The marker lets killTree find descendants that left the command's
+	// session and lost their parent (daemons): they inherit it.
+	marker := strconv.FormatInt(s.seq.Add(1), 10)
 	path, err := lookPath(req.Argv[0], req.Env, req.Dir)
 	if err != nil {
 		code := 127
@@ -351,7 +358,7 @@ func (s *supervisor) start(req Request, fds []int) (*command, int, string) {
 	}
 	attr := &os.ProcAttr{
 		Dir:   req.Dir,
-		Env:   req.Env,
+		Env:   append(req.Env, execMarker+"="+marker),
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Setsid: true, Setctty: req.TTY, Ctty: 0},
 	}
@@ -359,6 +366,9 @@ func (s *supervisor) start(req Request, fds []int) (*command, int, string) {
 		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, s.cgroupFD
 	}
 	cmd, err := s.fork(path, req.Argv, attr)
+	if cmd != nil {
+		cmd.marker = marker
+	}
 	if err != nil {
 		code := 126
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
@@ -626,13 +636,26 @@ func scanProcs() []proc {
 	return out
 }
 
+// execMarker names the environment variable that marks a command's
+// processes.
+const execMarker = "CORRAL_EXEC"
+
 // killTree kills the command whose pid (and session ID) is root and every
-// process it started: its session, and the descendants of those even if
-// they moved to other sessions. It stops them first and rescans, so that
-// nothing forks its way out while they are being killed.
-func killTree(root int) {
+// process it started: its session, the descendants of those even if they
+// moved to other sessions, and orphans that came to us (their parent died)
+// carrying the command's marker in their environment. It stops them first
+// and rescans, so that nothing forks its way out while they are being
+// killed. A process that left the session, lost its parent and replaced
+// its environment escapes; Stop still ends it.
+func killTree(root int, marker string) {
 	self := os.Getpid()
 	members := map[int]bool{}
+	tag := []byte(execMarker + "=" + marker + "\x00")
+	marked := func(pid int) bool {
+		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		return err == nil && (bytes.HasPrefix(env, tag) || bytes.Contains(env, append([]byte{0}, tag...)))
+	}
+	checked := map[int]bool{}
 	for range 50 {
 		procs := scanProcs()
 		grew := false
@@ -642,7 +665,12 @@ func killTree(root int) {
 				if members[p.pid] || p.pid == self || p.zombie {
 					continue
 				}
-				if p.pid == root || p.sid == root || members[p.ppid] {
+				in := p.pid == root || p.sid == root || members[p.ppid]
+				if !in && p.ppid == self && !checked[p.pid] {
+					checked[p.pid] = true
+					in = marked(p.pid)
+				}
+				if in {
 					members[p.pid] = true
 					_ = syscall.Kill(p.pid, syscall.SIGSTOP)
 					changed, grew = true, true

@@ -573,6 +573,34 @@ func TestRemovePath(t *testing.T) {
 	}
 }
 
+// A timeout also kills a daemon: a process that left the command's session
+// and whose parent exited.
+func TestTimeoutKillsDaemons(t *testing.T) {
+	rt := open(t, "")
+	ws := workspace(t, rt, none(), "")
+	tok := strconv.Itoa(100000 + os.Getpid()%800000)
+	res, err := runtime.Run(context.Background(), rt, ws, runtime.ExecSpec{
+		Argv:    []string{"sh", "-c", "(setsid sleep " + tok + " >/dev/null 2>&1 &) ; sleep " + tok},
+		Timeout: 300 * time.Millisecond,
+	})
+	if err != nil || !res.TimedOut {
+		t.Fatalf("got %+v, %v; want a timeout", res, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		// Command lines are NUL-separated: only real sleeps match.
+		r := sh(t, rt, ws, "for f in /proc/[0-9]*/cmdline; do cat $f; echo; done 2>/dev/null; true")
+		n := strings.Count(r.stdout, "sleep\x00"+tok+"\x00")
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d daemonized sleeps survived the timeout", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // A background process that keeps the command's stdout open does not keep
 // Wait from returning once the command has exited.
 func TestWaitDoesNotWaitForBackground(t *testing.T) {
