@@ -324,6 +324,11 @@ func (p *process) signal(ctx context.Context, sig syscall.Signal) error {
 	// The command leads its own process group (sessionWrapper, or the
 	// TTY's session), whose ID is its PID.
 	err = syscall.Kill(-pid, sig)
+	if errors.Is(err, syscall.ESRCH) {
+		// No such group: the image has no setsid, so the command runs
+		// in the exec's group; reach the command itself at least.
+		err = syscall.Kill(pid, sig)
+	}
 	if err == nil || errors.Is(err, syscall.ESRCH) {
 		return nil
 	}

@@ -73,7 +73,10 @@ type Driver struct {
 	image    string
 	insecure map[string]bool
 
-	conn     context.Context // carries the bindings' connection and service version
+	// conn only carries values: the bindings look their connection and
+	// the service's version up in the context of every call. Calls use
+	// the caller's context for cancellation (see ctx).
+	conn     context.Context
 	sockPath string          // unix socket of the service, for exec streams
 	rootless bool
 	cgroupV2 bool
@@ -130,7 +133,7 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := bindings.NewConnection(context.Background(), uri)
+	conn, err := bindings.NewConnection(ctx, uri)
 	if err != nil {
 		return nil, errdefs.New(errdefs.ErrUnavailable, "engine_unavailable", "podman: connect to %s: %v", uri, err)
 	}
@@ -318,8 +321,9 @@ func (d *Driver) Capabilities() runtime.Capabilities { return d.caps }
 // Rootless reports whether the service runs rootless.
 func (d *Driver) Rootless() bool { return d.rootless }
 
-// Create implements runtime.Runtime. It pulls a missing image, creates the
-// volume and then the container; if any step fails it removes what it made.
+// Create implements runtime.Runtime. It creates the volume, then the
+// container (pulling the image first if it is missing); if a step fails it
+// removes what it made.
 // errdefs.ErrAlreadyExists if the workspace exists, ErrInvalidArgument
 // ("image_not_found") for an image that cannot be found,
 // ErrFailedPrecondition for a policy this host cannot enforce.
