@@ -77,7 +77,7 @@ type Driver struct {
 	// the service's version up in the context of every call. Calls use
 	// the caller's context for cancellation (see ctx).
 	conn     context.Context
-	sockPath string          // unix socket of the service, for exec streams
+	sockPath string // unix socket of the service, for exec streams
 	rootless bool
 	cgroupV2 bool
 	caps     runtime.Capabilities
