@@ -20,8 +20,8 @@ import (
 //
 // Each direction is copied until EOF and then half-closed, so a client that
 // shuts down its write side still reads the whole answer. If the socket
-// cannot be dialled the client's connection is closed (the client sees a
-// reset or EOF, as with any unreachable proxy).
+// cannot be dialled (the server is restarting, say) the client is answered
+// 502 Bad Gateway.
 //
 // Forward returns nil once ctx is done, after closing the listener and every
 // relayed connection, or an error if it cannot listen or accepting fails
@@ -96,6 +96,14 @@ func Forward(ctx context.Context, listenAddr, socketPath string) error {
 			var d net.Dialer
 			u, err := d.DialContext(ctx, "unix", socketPath)
 			if err != nil {
+				if ctx.Err() != nil {
+					return // stopping: just close
+				}
+				// Clients of this address speak HTTP to a proxy: tell them.
+				c.SetDeadline(time.Now().Add(time.Second))
+				io.WriteString(c, proxyUnreachable)
+				closeWrite(c)
+				io.CopyN(io.Discard, c, 256<<10)
 				return
 			}
 			if !track(u) {
@@ -107,6 +115,9 @@ func Forward(ctx context.Context, listenAddr, socketPath string) error {
 		}()
 	}
 }
+
+const proxyUnreachable = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+	"Content-Length: 42\r\nConnection: close\r\n\r\ncorral: the egress proxy is not reachable\n"
 
 // relay copies both ways between the client c and the proxy connection u
 // until both directions have ended. io.Copy between a TCP and a unix stream

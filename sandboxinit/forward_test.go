@@ -131,11 +131,23 @@ func TestForwardStopsOnCancel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer uln.Close()
+	// The relay of the test's connection is the one that brings an "x"
+	// (startForward's probe brings nothing).
 	accepted := make(chan net.Conn, 1)
 	go func() {
-		c, err := uln.Accept()
-		if err == nil {
-			accepted <- c
+		for {
+			c, err := uln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				b := make([]byte, 1)
+				if _, err := c.Read(b); err == nil && b[0] == 'x' {
+					accepted <- c
+					return
+				}
+				c.Close()
+			}()
 		}
 	}()
 	addr, stop := startForward(t, sock)
@@ -163,8 +175,8 @@ func TestForwardStopsOnCancel(t *testing.T) {
 	}
 }
 
-// TestForwardUnreachableSocket: with no proxy behind it, the client's
-// connection is closed rather than left hanging.
+// TestForwardUnreachableSocket: with no proxy behind it, the client is
+// answered 502 rather than left hanging.
 func TestForwardUnreachableSocket(t *testing.T) {
 	addr, _ := startForward(t, filepath.Join(shortTempDir(t), "missing.sock"))
 	c, err := net.Dial("tcp", addr)
@@ -172,9 +184,19 @@ func TestForwardUnreachableSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	io.WriteString(c, "GET http://x/ HTTP/1.1\r\n\r\n")
-	if n, err := c.Read(make([]byte, 64)); err == nil {
-		t.Fatalf("read %d bytes from a forwarder with no proxy", n)
+	c.SetDeadline(time.Now().Add(time.Minute)) // against hanging only
+	go func() {
+		io.WriteString(c, "POST http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 1048576\r\n\r\n")
+		io.WriteString(c, strings.Repeat("x", 1<<20)) // may fail once the forwarder hangs up
+	}()
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || string(body) != "corral: the egress proxy is not reachable\n" {
+		t.Fatalf("got %d %q, want 502", resp.StatusCode, body)
 	}
 }
 
