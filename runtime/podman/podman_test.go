@@ -106,6 +106,7 @@ func TestConformance(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			d := open(t, m.rootless, nil)
 			runtimetest.Run(t, d, runtimetest.Options{Image: enginetest.TestImage})
+			t.Run("Network", func(t *testing.T) { runtimetest.RunNetwork(t, d, enginetest.TestImage) })
 		})
 	}
 }
