@@ -244,11 +244,14 @@ func (p *process) stdio(spec runtime.ExecSpec) ([]*os.File, error) {
 
 // run starts the copiers and the goroutine that waits for the exit.
 func (p *process) run(ctx context.Context, spec runtime.ExecSpec) {
+	// Stdout and Stderr are often one writer, or writers that are not safe
+	// for concurrent use: the two copiers never write at the same time.
+	var writeMu sync.Mutex
 	copyOut := func(w io.Writer, r *os.File) {
 		p.copiers.Add(1)
 		go func() {
 			defer p.copiers.Done()
-			_, _ = io.Copy(w, r)
+			_, _ = io.Copy(&lockedWriter{mu: &writeMu, w: w}, r)
 		}()
 	}
 	if p.master != nil {
@@ -465,4 +468,16 @@ func setWinsize(f *os.File, size runtime.WindowSize) error {
 		return err
 	}
 	return ierr
+}
+
+// lockedWriter serializes writes to w with mu.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }

@@ -2,6 +2,7 @@ package process_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -598,6 +599,27 @@ func TestTimeoutKillsDaemons(t *testing.T) {
 			t.Fatalf("%d daemonized sleeps survived the timeout", n)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stdout and Stderr may be one writer that is not safe for concurrent use.
+func TestSharedOutputWriter(t *testing.T) {
+	rt := open(t, "")
+	ws := workspace(t, rt, none(), "")
+	var buf bytes.Buffer
+	res, err := runtime.Run(context.Background(), rt, ws, runtime.ExecSpec{
+		Argv:   []string{"sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do echo out$i; echo err$i >&2; done"},
+		Stdout: &buf, Stderr: &buf,
+	})
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("%+v, %v", res, err)
+	}
+	for i := 1; i <= 10; i++ {
+		for _, s := range []string{"out", "err"} {
+			if !strings.Contains(buf.String(), fmt.Sprintf("%s%d\n", s, i)) {
+				t.Errorf("output lacks %s%d: %q", s, i, buf.String())
+			}
+		}
 	}
 }
 
