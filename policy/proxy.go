@@ -55,11 +55,12 @@ const (
 	DefaultProxyHeaderTimeout  = 10 * time.Second
 	DefaultProxyIdleTimeout    = 5 * time.Minute
 	DefaultProxyMaxHeaderBytes = 64 << 10
-	// maxResponseHeaderBytes bounds an upstream response's header, as
-	// net/http's Transport does (it allows 1MiB).
-	maxResponseHeaderBytes = 1 << 20
-	DefaultProxyMaxConns   = 128
+	DefaultProxyMaxConns       = 128
 )
+
+// maxResponseHeaderBytes bounds an upstream response's header, as net/http's
+// Transport does.
+const maxResponseHeaderBytes = 1 << 20
 
 // Proxy is the egress proxy that enforces network mode allowlist. It serves
 // one unix socket per workspace; the socket is what identifies the
@@ -421,8 +422,8 @@ func (p *Proxy) serve(w *proxyWorkspace, c net.Conn) {
 	}
 }
 
-// target parses and checks what a request asks to reach. It answers the
-// client itself (and returns ok=false) on a bad request or a denial.
+// target parses the lower-case host and the port a request asks to reach.
+// On a malformed target it answers 400 itself and returns ok=false.
 func (p *Proxy) target(c net.Conn, req *http.Request) (host string, port int, ok bool) {
 	var hostport string
 	if req.Method == http.MethodConnect {
