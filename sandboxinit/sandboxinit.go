@@ -12,6 +12,7 @@
 package sandboxinit
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -143,6 +144,15 @@ func Main(args []string) int {
 		return 2
 	}
 	if f.Serve == "" && !f.Check {
+		// PID 1 of a container: reap, and relay to the egress proxy when
+		// the workspace's network mode is allowlist.
+		if f.Proxy != "" {
+			go func() {
+				if err := Forward(context.Background(), proxyAddr, f.Proxy); err != nil {
+					fmt.Fprintln(os.Stderr, "corral init: egress forwarder:", err)
+				}
+			}()
+		}
 		reapForever()
 		return 0
 	}
