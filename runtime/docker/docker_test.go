@@ -112,6 +112,11 @@ func TestConformance(t *testing.T) {
 	runtimetest.Run(t, d, runtimetest.Options{Image: enginetest.TestImage})
 }
 
+// TestNetwork tries to get out of none and allowlist workspaces.
+func TestNetwork(t *testing.T) {
+	runtimetest.RunNetwork(t, open(t), enginetest.TestImage)
+}
+
 func TestConformanceOpenNetwork(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")
