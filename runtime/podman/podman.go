@@ -30,7 +30,14 @@
 // What it enforces is probed from the service when it is opened: rootless
 // Podman on cgroup v1 ignores memory, CPU and pids limits, so the driver
 // reports them unsupported there and the policy layer refuses them. Disk
-// limits are never supported (no quota-capable storage); see Capabilities.
+// limits put the workspace's volume on a loop-mounted ext4 image of that
+// size (disk.go): rootful, with the driver running as root on the service's
+// host and runtime.Config.DataDir set; New checks it by doing it once.
+//
+// The driver talks to a local service only (unix socket): it reads the
+// workspace's volume on the host to resolve symlinks safely (files.go), and
+// signals commands' process groups from the host, or from inside the
+// sandbox when it may not (exec.go).
 package podman
 
 import (
@@ -69,6 +76,7 @@ func init() { runtime.Register(Name, New) }
 type Driver struct {
 	log      hclog.Logger
 	serverID string
+	dataDir  string
 	initPath string
 	image    string
 	insecure map[string]bool
@@ -121,6 +129,7 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 	d := &Driver{
 		log:      log,
 		serverID: cfg.ServerID,
+		dataDir:  cfg.DataDir,
 		initPath: initPath,
 		image:    cfg.Options["image"],
 		insecure: map[string]bool{},
@@ -148,6 +157,15 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 	d.caps = capabilities(info, proxySupported(initPath))
 	if !d.rootless {
 		d.limits = defaultUlimits(confFiles)
+	}
+	if ok, why := d.probeDisk(ctx); ok {
+		d.caps.Policy.Disk = true
+		delete(d.caps.Policy.Why, "disk")
+		if err := d.remountDisks(ctx); err != nil {
+			return nil, fmt.Errorf("podman: %w", err)
+		}
+	} else {
+		d.caps.Policy.Why["disk"] = why
 	}
 	log.Info("connected", "uri", uri, "version", d.version, "rootless", d.rootless,
 		"cgroups", info.Host.CgroupsVersion, "isolation", d.caps.Isolation)
@@ -349,15 +367,24 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) error {
 	// The volume comes first: creating it is the existence check (a
 	// workspace's volume outlives its container only until Remove).
 	vol := volumeName(spec.ID)
-	if _, err := volumes.Create(c, entities.VolumeCreateOptions{
-		Name:   vol,
-		Labels: labels(d.serverID, spec.ID, spec.Labels),
-	}, nil); err != nil {
+	volLabels := labels(d.serverID, spec.ID, spec.Labels)
+	disk := int64(spec.Policy.Limits.Disk)
+	if disk > 0 {
+		volLabels[labelDisk] = formatSize(disk)
+	}
+	v, err := volumes.Create(c, entities.VolumeCreateOptions{Name: vol, Labels: volLabels}, nil)
+	if err != nil {
 		err = mapErr(err)
 		if errors.Is(err, errdefs.ErrConflict) || strings.Contains(err.Error(), "already exists") {
 			err = errdefs.New(errdefs.ErrAlreadyExists, "already_exists", "workspace %s already exists (volume %s)", spec.ID, vol)
 		}
 		return fmt.Errorf("create workspace %s: %w", spec.ID, err)
+	}
+	if disk > 0 {
+		if err := d.attachDisk(ctx, spec.ID, v.Mountpoint, disk); err != nil {
+			d.removeVolume(vol)
+			return fmt.Errorf("create workspace %s: disk: %w", spec.ID, err)
+		}
 	}
 	g := specFor(d.serverID, d.initPath, d.limits, spec)
 	resp, err := containers.CreateWithSpec(c, g, nil)
@@ -376,6 +403,11 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) error {
 		}
 	}
 	if err != nil {
+		if disk > 0 {
+			if derr := d.detachDisk(context.Background(), spec.ID, v.Mountpoint); derr != nil {
+				d.log.Warn("remove disk after failed create", "workspace_id", spec.ID, "error", derr)
+			}
+		}
 		d.removeVolume(vol)
 		err = mapErr(err)
 		if errors.Is(err, errdefs.ErrConflict) {
@@ -493,6 +525,11 @@ func (d *Driver) Remove(ctx context.Context, id string) error {
 	}
 	if v.Labels[runtime.LabelServer] != d.serverID {
 		return nil
+	}
+	if v.Labels[labelDisk] != "" {
+		if err := d.detachDisk(ctx, id, v.Mountpoint); err != nil {
+			return fmt.Errorf("remove workspace %s: disk: %w", id, err)
+		}
 	}
 	force := true
 	if err := volumes.Remove(c, volumeName(id), &volumes.RemoveOptions{Force: &force}); err != nil && !errors.Is(mapErr(err), errdefs.ErrNotFound) {

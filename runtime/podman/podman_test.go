@@ -58,6 +58,7 @@ func open(t testing.TB, rootless bool, extra map[string]string) *Driver {
 	serverID := "test-" + randHex(6)
 	rt, err := runtime.Open(Name, runtime.Config{
 		ServerID: serverID,
+		DataDir:  t.TempDir(),
 		InitPath: testbin.Corral(t),
 		Options:  opts,
 		Logger:   hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Warn, Output: io.Discard}),
@@ -109,6 +110,13 @@ func TestConformance(t *testing.T) {
 			t.Run("Network", func(t *testing.T) { runtimetest.RunNetwork(t, d, enginetest.TestImage) })
 		})
 	}
+	// Workspaces on a size-capped disk behave the same.
+	t.Run("rootful-disk", func(t *testing.T) {
+		d := open(t, false, nil)
+		runtimetest.Run(t, d, runtimetest.Options{Image: enginetest.TestImage, Spec: func(s *runtime.Spec) {
+			s.Policy.Limits.Disk = 64 << 20
+		}})
+	})
 }
 
 // workspace creates and starts a workspace with p, removed when t ends.
@@ -523,5 +531,58 @@ func TestServiceURI(t *testing.T) {
 		if got := serviceURI(tc.opt, tc.env, tc.xdg, tc.euid); got != tc.want {
 			t.Errorf("serviceURI(%q, %q, %q, %d) = %q, want %q", tc.opt, tc.env, tc.xdg, tc.euid, got, tc.want)
 		}
+	}
+}
+
+func TestDiskLimit(t *testing.T) {
+	d := open(t, false, nil)
+	if !d.Capabilities().Policy.Disk {
+		t.Fatalf("rootful podman as root cannot enforce disk limits: %s", d.Capabilities().Policy.Why["disk"])
+	}
+	if r := open(t, true, nil).Capabilities().Policy; r.Disk || r.Why["disk"] == "" {
+		t.Errorf("rootless claims disk limits: %v (%q)", r.Disk, r.Why["disk"])
+	}
+	ctx := context.Background()
+	id := workspace(t, d, policy.Policy{Limits: policy.Limits{Disk: 16 << 20}, Network: policy.Network{Mode: policy.NetworkNone}})
+	res, out := sh(t, d, id, "ls -A; echo kept > keep; dd if=/dev/zero of=big bs=1M count=32")
+	if res.ExitCode == 0 || !strings.Contains(out, "No space left") {
+		t.Errorf("writing 32MiB under a 16MiB limit: %+v %q", res, out)
+	}
+	if strings.Contains(out, "lost+found") {
+		t.Errorf("the workspace does not start empty: %q", out)
+	}
+	// The files stay, across stop/start and across a reboot (which loses
+	// the mount): a newly opened driver mounts the disk again.
+	if err := d.Stop(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := d.volumeDir(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unmountDisk(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := New(runtime.Config{ServerID: d.serverID, DataDir: d.dataDir, InitPath: d.initPath, Options: enginetest.Podman(t, false)})
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	if !isMountPoint(dir) {
+		t.Fatalf("reopening the driver did not mount the disk again")
+	}
+	if err := rt.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, out = sh(t, d, id, "cat keep; df -k . | tail -1"); !strings.HasPrefix(out, "kept\n") {
+		t.Errorf("after remount: %q", out)
+	}
+	if err := d.Remove(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if isMountPoint(dir) {
+		t.Errorf("disk still mounted on %s after Remove", dir)
+	}
+	if _, err := os.Stat(d.diskImage(id)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("disk image after Remove: %v", err)
 	}
 }
