@@ -101,11 +101,8 @@ func mountDisk(ctx context.Context, img, dir string) error {
 	if out, err := exec.CommandContext(ctx, "mount", "-t", "ext4", "-o", "loop,nodev,nosuid", img, dir).CombinedOutput(); err != nil {
 		return fmt.Errorf("mount %s: %v: %s", img, err, strings.TrimSpace(string(out)))
 	}
-	lf := filepath.Join(dir, "lost+found")
-	if err := os.Remove(lf); err != nil && !errors.Is(err, os.ErrNotExist) {
-		// Not empty: a workspace's files were recovered there; keep them.
-		_ = err
-	}
+	// A lost+found with files in it (recovered by fsck) stays.
+	_ = os.Remove(filepath.Join(dir, "lost+found"))
 	return nil
 }
 

@@ -64,6 +64,20 @@ func (d *Driver) newResolver(ctx context.Context, id string) (*resolver, error) 
 
 func (r *resolver) Close() error { return r.root.Close() }
 
+// free returns the bytes free for the workspace's files.
+func (r *resolver) free() (int64, bool) {
+	f, err := r.root.Open(".")
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	var st syscall.Statfs_t
+	if syscall.Fstatfs(int(f.Fd()), &st) != nil {
+		return 0, false
+	}
+	return int64(st.Bavail) * st.Bsize, true
+}
+
 // volumeDir returns the host directory of the workspace's volume.
 func (d *Driver) volumeDir(ctx context.Context, id string) (string, error) {
 	if v, ok := d.volumeDirs.Load(id); ok {
@@ -217,8 +231,13 @@ func (d *Driver) CopyIn(ctx context.Context, id, dir string, r io.Reader) error 
 	}
 	defer os.Remove(spool.Name())
 	defer spool.Close()
-	if err := d.rewriteTar(res, base, r, spool); err != nil {
+	size, err := d.rewriteTar(res, base, r, spool)
+	if err != nil {
 		return fmt.Errorf("copy into %s: %w", id, err)
+	}
+	// The service reports a full disk only as a bare 500: check first.
+	if free, ok := res.free(); ok && size > free {
+		return errdefs.New(errdefs.ErrTooLarge, "disk_full", "copy into %s: %d bytes of files do not fit in the %d bytes free on the workspace's disk", id, size, free)
 	}
 	if _, err := spool.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("copy into %s: %w", id, err)
@@ -228,6 +247,9 @@ func (d *Driver) CopyIn(ctx context.Context, id, dir string, r io.Reader) error 
 		err = copyFn()
 	}
 	if err != nil {
+		if strings.Contains(strings.ToLower(err.Error()), "no space left") {
+			return errdefs.New(errdefs.ErrTooLarge, "disk_full", "copy into %s: the workspace's disk is full: %v", id, err)
+		}
 		return fmt.Errorf("copy into %s: %w", id, mapErr(err))
 	}
 	return nil
@@ -236,19 +258,21 @@ func (d *Driver) CopyIn(ctx context.Context, id, dir string, r io.Reader) error 
 // rewriteTar checks every entry of in and writes it to out named relative
 // to the workspace root (prefixed with base), preceded by entries for the
 // directories of base that do not exist yet.
-func (d *Driver) rewriteTar(res *resolver, base string, in io.Reader, out io.Writer) error {
+// It returns the bytes of file content written.
+func (d *Driver) rewriteTar(res *resolver, base string, in io.Reader, out io.Writer) (int64, error) {
 	tw := tar.NewWriter(out)
+	var size int64
 	// Create base's missing directories.
 	done := ""
 	for _, part := range split(base) {
 		done = path.Join(done, part)
 		s, err := res.stat(done)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if !s.exists {
 			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: done + "/", Mode: 0o755}); err != nil {
-				return err
+				return 0, err
 			}
 			res.cache[done] = stat{exists: true, isDir: true}
 		}
@@ -260,11 +284,11 @@ func (d *Driver) rewriteTar(res *resolver, base string, in io.Reader, out io.Wri
 			break
 		}
 		if err != nil {
-			return errdefs.Invalid("invalid_tar", "read tar: %v", err)
+			return 0, errdefs.Invalid("invalid_tar", "read tar: %v", err)
 		}
 		name, err := runtime.CleanPath(h.Name)
 		if err != nil || path.IsAbs(h.Name) {
-			return runtime.EscapeError(h.Name)
+			return 0, runtime.EscapeError(h.Name)
 		}
 		if name == "" {
 			continue // the directory itself
@@ -275,10 +299,10 @@ func (d *Driver) rewriteTar(res *resolver, base string, in io.Reader, out io.Wri
 		// other places.
 		parent, err := res.resolve(path.Dir(full), true)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if parent != path.Dir(full) && !(parent == "" && path.Dir(full) == ".") {
-			return runtime.EscapeError(h.Name)
+			return 0, runtime.EscapeError(h.Name)
 		}
 		switch h.Typeflag {
 		case tar.TypeSymlink:
@@ -289,30 +313,31 @@ func (d *Driver) rewriteTar(res *resolver, base string, in io.Reader, out io.Wri
 		case tar.TypeLink:
 			target, err := runtime.CleanPath(h.Linkname)
 			if err != nil {
-				return runtime.EscapeError(h.Name)
+				return 0, runtime.EscapeError(h.Name)
 			}
 			h.Linkname = path.Join(base, target)
 		case tar.TypeDir:
 			res.cache[full] = stat{exists: true, isDir: true}
 		case tar.TypeReg, tar.TypeRegA:
 			res.cache[full] = stat{exists: true}
+			size += h.Size
 		case tar.TypeXGlobalHeader:
 			continue
 		default:
-			return errdefs.Invalid("invalid_tar", "tar entry %q has an unsupported type %q", h.Name, string(h.Typeflag))
+			return 0, errdefs.Invalid("invalid_tar", "tar entry %q has an unsupported type %q", h.Name, string(h.Typeflag))
 		}
 		h.Name = full
 		if h.Typeflag == tar.TypeDir {
 			h.Name += "/"
 		}
 		if err := tw.WriteHeader(h); err != nil {
-			return err
+			return 0, err
 		}
 		if _, err := io.Copy(tw, tr); err != nil {
-			return errdefs.Invalid("invalid_tar", "read tar entry %q: %v", h.Name, err)
+			return 0, errdefs.Invalid("invalid_tar", "read tar entry %q: %v", h.Name, err)
 		}
 	}
-	return tw.Close()
+	return size, tw.Close()
 }
 
 // CopyOut implements runtime.Runtime. The path's directories are resolved

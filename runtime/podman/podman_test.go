@@ -1,6 +1,7 @@
 package podman
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -551,6 +552,11 @@ func TestDiskLimit(t *testing.T) {
 	if strings.Contains(out, "lost+found") {
 		t.Errorf("the workspace does not start empty: %q", out)
 	}
+	// An upload that does not fit says so.
+	big := makeTar(t, "big.bin", 20<<20)
+	if err := d.CopyIn(ctx, id, "", big); !errors.Is(err, errdefs.ErrTooLarge) {
+		t.Errorf("CopyIn of 20MiB into a 16MiB disk: %v, want ErrTooLarge", err)
+	}
 	// The files stay, across stop/start and across a reboot (which loses
 	// the mount): a newly opened driver mounts the disk again.
 	if err := d.Stop(ctx, id); err != nil {
@@ -585,4 +591,28 @@ func TestDiskLimit(t *testing.T) {
 	if _, err := os.Stat(d.diskImage(id)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("disk image after Remove: %v", err)
 	}
+}
+
+// makeTar returns a tar stream holding one file of size zero bytes.
+func makeTar(t *testing.T, name string, size int64) io.Reader {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: size}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(tw, zeros{}, size); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return &buf
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
