@@ -93,7 +93,11 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	c := d.ctx(ctx)
 	session, err := containers.ExecCreate(c, containerName(id), cfg)
 	if err != nil {
-		return nil, fmt.Errorf("exec in %s: %w", id, mapErr(err))
+		err = mapErr(err)
+		if errors.Is(err, errdefs.ErrConflict) { // stopped since we looked
+			err = errdefs.New(errdefs.ErrFailedPrecondition, "not_running", "workspace is not running: %v", err)
+		}
+		return nil, fmt.Errorf("exec in %s: %w", id, err)
 	}
 	p := &process{
 		d:       d,
@@ -321,6 +325,9 @@ func (p *process) signal(ctx context.Context, sig syscall.Signal) error {
 	if err != nil || pid == 0 {
 		return err
 	}
+	if p.d.signalInside {
+		return p.signalInside(ctx, pid, sig)
+	}
 	// The command leads its own process group (sessionWrapper, or the
 	// TTY's session), whose ID is its PID.
 	err = syscall.Kill(-pid, sig)
@@ -337,19 +344,32 @@ func (p *process) signal(ctx context.Context, sig syscall.Signal) error {
 	}
 	// We may not signal the user's processes from here (a rootless
 	// service of another user): do it from inside the sandbox.
-	nspid, nerr := innermostPID(pid)
-	if nerr != nil {
-		return fmt.Errorf("signal command in %s: %w (and %v)", p.id, err, nerr)
+	if ierr := p.signalInside(ctx, pid, sig); ierr != nil {
+		return fmt.Errorf("signal command in %s: %w (and from inside: %v)", p.id, err, ierr)
 	}
-	k, kerr := p.d.Exec(ctx, p.id, runtime.ExecSpec{
-		Argv: []string{"/bin/sh", "-c", fmt.Sprintf("kill -s %d -- -%d", int(sig), nspid)},
-		TTY:  true, // no session wrapper
+	return nil
+}
+
+// signalInside signals the command's process group with kill(1) run in
+// the sandbox, for when the host may not.
+func (p *process) signalInside(ctx context.Context, pid int, sig syscall.Signal) error {
+	nspid, err := innermostPID(pid)
+	if err != nil {
+		return err
+	}
+	// The group, else (no setsid in the image) the command alone.
+	script := fmt.Sprintf("kill -s %d -- -%d 2>/dev/null || kill -s %d %d 2>/dev/null; true", int(sig), nspid, int(sig), nspid)
+	k, err := p.d.Exec(ctx, p.id, runtime.ExecSpec{
+		Argv: []string{"/bin/sh", "-c", script},
+		TTY:  true, // no session wrapper needed
 	})
-	if kerr != nil {
-		return fmt.Errorf("signal command in %s: %w", p.id, kerr)
+	if err != nil {
+		return fmt.Errorf("signal command in %s from inside: %w", p.id, err)
 	}
-	_, kerr = k.Wait()
-	return kerr
+	if _, err := k.Wait(); err != nil {
+		return fmt.Errorf("signal command in %s from inside: %w", p.id, err)
+	}
+	return nil
 }
 
 // kill sends SIGKILL to the command's process group, once; it is what a

@@ -94,6 +94,9 @@ type Driver struct {
 
 	// volumeDirs caches the host directory of each workspace's volume.
 	volumeDirs sync.Map
+	// signalInside makes Process.Signal always signal from inside the
+	// sandbox, as it does when the host may not; tests set it.
+	signalInside bool
 }
 
 var (

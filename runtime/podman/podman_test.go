@@ -111,6 +111,14 @@ func TestConformance(t *testing.T) {
 			t.Run("Network", func(t *testing.T) { runtimetest.RunNetwork(t, d, enginetest.TestImage) })
 		})
 	}
+	// Signals, timeouts and cancellation sent from inside the sandbox
+	// (what the driver does when it may not signal from the host) work
+	// the same.
+	t.Run("rootless-signal-inside", func(t *testing.T) {
+		d := open(t, true, nil)
+		d.signalInside = true
+		runtimetest.Run(t, d, runtimetest.Options{Image: enginetest.TestImage})
+	})
 	// Workspaces on a size-capped disk behave the same.
 	t.Run("rootful-disk", func(t *testing.T) {
 		d := open(t, false, nil)
