@@ -31,6 +31,9 @@ const outputGrace = 2 * time.Second
 // is not running, ErrInvalidArgument (code "path_escape") for a Cwd outside
 // the workspace.
 func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (runtime.Process, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", id, err)
+	}
 	m, err := d.loadMeta(id)
 	if err != nil {
 		return nil, err
