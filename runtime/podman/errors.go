@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strings"
 	"syscall"
 
 	"github.com/containers/podman/v5/pkg/bindings"
@@ -26,6 +27,10 @@ func mapErr(err error) error {
 	if errors.As(err, &coded) {
 		if class := classOf(coded.Code()); class != nil {
 			return &classified{class: class, err: err}
+		}
+		// Podman answers 500 for a container in the wrong state.
+		if strings.Contains(err.Error(), "container state improper") {
+			return &classified{class: errdefs.ErrConflict, err: err}
 		}
 		return err
 	}

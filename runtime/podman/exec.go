@@ -50,12 +50,9 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: cwd: %w", id, err)
 	}
-	data, err := d.inspect(ctx, id)
+	oomCtl, err := d.running(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
-	}
-	if !data.State.Running {
-		return nil, errdefs.New(errdefs.ErrFailedPrecondition, "not_running", "exec in %s: workspace is not running", id)
 	}
 	if cwd != "" {
 		// Resolve it here: crun would follow a link out of the
@@ -94,6 +91,10 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	session, err := containers.ExecCreate(c, containerName(id), cfg)
 	if err != nil {
 		err = mapErr(err)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			d.known.Delete(id)
+			err = errdefs.NotFound("workspace %s not found", id)
+		}
 		if errors.Is(err, errdefs.ErrConflict) { // stopped since we looked
 			err = errdefs.New(errdefs.ErrFailedPrecondition, "not_running", "workspace is not running: %v", err)
 		}
@@ -104,7 +105,7 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 		id:      id,
 		session: session,
 		tty:     spec.TTY,
-		oomCtl:  d.oomControl(data.State.CgroupPath),
+		oomCtl:  oomCtl,
 		done:    make(chan struct{}),
 	}
 	p.oomBefore = readOOMKills(p.oomCtl)
@@ -128,6 +129,26 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	stopCancel := context.AfterFunc(ctx, p.kill)
 	go p.run(conn, br, spec, stopCancel)
 	return p, nil
+}
+
+// running checks, the first time an exec runs in a workspace, that it is
+// ours and running, and learns its memory.oom_control. Later execs trust
+// ExecCreate to refuse a workspace that stopped (409) or went (404),
+// sparing a round trip.
+func (d *Driver) running(ctx context.Context, id string) (oomCtl string, err error) {
+	if v, ok := d.known.Load(id); ok {
+		return v.(string), nil
+	}
+	data, err := d.inspect(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	if !data.State.Running {
+		return "", errdefs.New(errdefs.ErrFailedPrecondition, "not_running", "workspace %s is not running", id)
+	}
+	oomCtl = d.oomControl(data.State.CgroupPath)
+	d.known.Store(id, oomCtl)
+	return oomCtl, nil
 }
 
 // startExec opens the exec session's stream: an HTTP upgrade on a

@@ -94,6 +94,9 @@ type Driver struct {
 
 	// volumeDirs caches the host directory of each workspace's volume.
 	volumeDirs sync.Map
+	// known caches, per workspace that ran a command, the host path of its
+	// memory.oom_control ("" if unreadable); see running.
+	known sync.Map
 	// signalInside makes Process.Signal always signal from inside the
 	// sandbox, as it does when the host may not; tests set it.
 	signalInside bool
@@ -507,6 +510,7 @@ func (d *Driver) Stop(ctx context.Context, id string) error {
 func (d *Driver) Remove(ctx context.Context, id string) error {
 	c := d.ctx(ctx)
 	d.volumeDirs.Delete(id)
+	d.known.Delete(id)
 	_, err := d.inspect(ctx, id)
 	switch {
 	case err == nil:

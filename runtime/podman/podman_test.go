@@ -624,3 +624,34 @@ func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
 }
+
+func TestExecAfterStopAndRemove(t *testing.T) {
+	d := open(t, false, nil)
+	ctx := context.Background()
+	id := workspace(t, d, policy.Policy{Network: policy.Network{Mode: policy.NetworkNone}})
+	if res, _ := sh(t, d, id, "true"); res.ExitCode != 0 {
+		t.Fatalf("true: %+v", res)
+	}
+	if err := d.Stop(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	_, err := d.Exec(ctx, id, runtime.ExecSpec{Argv: []string{"true"}})
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("Exec after Stop: %v, want ErrFailedPrecondition", err)
+	}
+	if err := d.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := sh(t, d, id, "true"); res.ExitCode != 0 {
+		t.Fatalf("true after restart: %+v", res)
+	}
+	// Removed behind the driver's back, by another client of the engine.
+	force, timeout := true, uint(0)
+	if _, err := containers.Remove(d.ctx(ctx), containerName(id), &containers.RemoveOptions{Force: &force, Timeout: &timeout}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Exec(ctx, id, runtime.ExecSpec{Argv: []string{"true"}})
+	if !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Exec after the container went: %v, want ErrNotFound", err)
+	}
+}
