@@ -24,6 +24,8 @@ import (
 //     empty tmpfs;
 //   - /tmp and /dev/shm are fresh, private tmpfs (of tmpSize bytes each if
 //     set; their pages are charged to the writer's memory cgroup anyway);
+//   - /run (and so /var/run), where the host's daemons keep their sockets,
+//     is covered by an empty tmpfs but for /run/systemd/resolve;
 //   - home, and the proxy socket if it was covered, are bound back at their
 //     paths.
 //
@@ -86,6 +88,12 @@ func confine(home, hide, proxy string, tmpSize int64) error {
 			return fmt.Errorf("confine: tmpfs on %s: %w", dir, err)
 		}
 	}
+	// /run holds the host's daemon sockets (docker, podman, containerd,
+	// dbus...): a read-only mount does not stop connect(), so cover it,
+	// keeping only the resolver's files for DNS in network mode open.
+	if err := coverRun(); err != nil {
+		return err
+	}
 	// Home (and the proxy socket) may now be covered: bind them back.
 	if err := os.MkdirAll(home, 0o755); err != nil {
 		return fmt.Errorf("confine: recreate %s: %w", home, err)
@@ -107,6 +115,46 @@ func confine(home, hide, proxy string, tmpSize int64) error {
 		}
 	}
 	return nil
+}
+
+// keptRun are the directories under /run that stay visible: the stub
+// resolver's configuration, which /etc/resolv.conf may link to.
+var keptRun = []string{"/run/systemd/resolve", "/run/resolvconf"}
+
+// coverRun covers /run with an empty read-only tmpfs, binding back
+// keptRun.
+func coverRun() error {
+	if fi, err := os.Lstat("/run"); err != nil || !fi.IsDir() {
+		return nil
+	}
+	type kept struct {
+		path string
+		fd   int
+	}
+	var keep []kept
+	defer func() {
+		for _, k := range keep {
+			unix.Close(k.fd)
+		}
+	}()
+	for _, p := range keptRun {
+		fd, err := unix.Open(p, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			keep = append(keep, kept{p, fd})
+		}
+	}
+	if err := unix.Mount("tmpfs", "/run", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0755,size=1m"); err != nil {
+		return fmt.Errorf("confine: cover /run: %w", err)
+	}
+	for _, k := range keep {
+		if err := os.MkdirAll(k.path, 0o755); err != nil {
+			return fmt.Errorf("confine: %w", err)
+		}
+		if err := unix.Mount(fdPath(k.fd), k.path, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("confine: bind %s back: %w", k.path, err)
+		}
+	}
+	return remount("/run", unix.MS_RDONLY)
 }
 
 func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }

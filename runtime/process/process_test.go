@@ -406,6 +406,24 @@ func TestIsolation(t *testing.T) {
 			t.Errorf("the workspace's /tmp is the host's")
 		}
 	}
+	// The host's daemons' sockets (under /run) are out of reach; a
+	// listening socket made there by the test stands for them.
+	if fi, err := os.Stat("/run"); err == nil && fi.IsDir() {
+		sockDir, err := os.MkdirTemp("/run", "corral-test-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(sockDir) })
+		ln, err := net.Listen("unix", filepath.Join(sockDir, "daemon.sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		ws2 := workspace(t, rt, none(), "")
+		if r := sh(t, rt, ws2, "ls -A /run; test -e "+filepath.Join(sockDir, "daemon.sock")+" && echo visible"); strings.Contains(r.stdout, "visible") || strings.Contains(r.stdout, "corral-test-") {
+			t.Errorf("the host's /run is visible: %q", r.stdout)
+		}
+	}
 	// A symlink out of the workspace is no working directory.
 	if err := os.Symlink("/", filepath.Join(dirOf(t, rt, ws), "out")); err != nil {
 		t.Fatal(err)
