@@ -38,6 +38,12 @@
 // workspace's volume on the host to resolve symlinks safely (files.go), and
 // signals commands' process groups from the host, or from inside the
 // sandbox when it may not (exec.go).
+//
+// Commands without a TTY run as `/bin/sh -c 'exec setsid "$@"'` so that
+// they lead their own process group: images need /bin/sh (and setsid for
+// timeouts to reach background children). Exec sessions are not removed by
+// the driver (the endpoint needs 4.8); the service removes each one itself
+// a few minutes after it exits (its exit_command_delay), or at restart.
 package podman
 
 import (
