@@ -164,7 +164,7 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 	}
 	d.probe(noNS)
 	d.log.Info("process runtime ready", "data_dir", dataDir, "isolation", d.caps.Isolation,
-		"network", fmt.Sprint(d.caps.Policy.Network))
+		"network", fmt.Sprint(d.caps.Policy.Network), "probe_ms", d.ns.probeMs)
 	if len(d.caps.Policy.Why) > 0 {
 		d.log.Warn("process runtime cannot enforce everything on this host", "missing", fmt.Sprint(d.caps.Policy.Why))
 	}
