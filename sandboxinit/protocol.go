@@ -33,6 +33,10 @@ type Request struct {
 	Dir    string   `json:"dir,omitempty"` // absolute
 	TTY    bool     `json:"tty,omitempty"`
 	Signal int      `json:"signal,omitempty"`
+	// UID and GID, if not 0, are the credentials the command runs with
+	// (the supervisor must be root to switch to them).
+	UID uint32 `json:"uid,omitempty"`
+	GID uint32 `json:"gid,omitempty"`
 }
 
 // Reply is a message from the supervisor.

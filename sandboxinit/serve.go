@@ -362,6 +362,9 @@ func (s *supervisor) start(req Request, fds []int) (*command, int, string) {
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Setsid: true, Setctty: req.TTY, Ctty: 0},
 	}
+	if req.UID != 0 || req.GID != 0 {
+		attr.Sys.Credential = &syscall.Credential{Uid: req.UID, Gid: req.GID, Groups: []uint32{}}
+	}
 	if s.cgroupFD >= 0 {
 		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, s.cgroupFD
 	}

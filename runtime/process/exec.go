@@ -72,7 +72,7 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	}
 	req := sandboxinit.Request{
 		Op: sandboxinit.OpExec, Argv: spec.Argv, Dir: dir, TTY: spec.TTY,
-		Env: d.env(m, spec),
+		Env: d.env(m, spec), UID: m.UID, GID: m.UID,
 	}
 	fds := make([]int, len(childFds))
 	for i, f := range childFds {

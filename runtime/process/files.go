@@ -81,8 +81,13 @@ func (d *Driver) CopyIn(ctx context.Context, id, dir string, r io.Reader) error 
 		return err
 	}
 	defer root.Close()
+	m, err := d.loadMeta(id)
+	if err != nil {
+		return err
+	}
+	x := &extractor{root: root, base: base, uid: int(m.UID)}
 	if base != "" {
-		if err := root.MkdirAll(base, 0o755); err != nil {
+		if err := x.mkdirAll(base); err != nil {
 			return fileErr(dir, err)
 		}
 	}
@@ -95,7 +100,7 @@ func (d *Driver) CopyIn(ctx context.Context, id, dir string, r io.Reader) error 
 		if err != nil {
 			return errdefs.Invalid("invalid_tar", "read tar stream: %v", err)
 		}
-		if err := extract(root, base, h, tr); err != nil {
+		if err := x.extract(h, tr); err != nil {
 			return err
 		}
 	}
@@ -113,7 +118,51 @@ func entryPath(base, name string) (string, error) {
 	return path.Join(base, c), nil
 }
 
-func extract(root *os.Root, base string, h *tar.Header, body io.Reader) error {
+// extractor writes tar entries under base in root; files and directories
+// it creates are owned by uid when it is not 0 (the workspace's commands
+// run as that uid).
+type extractor struct {
+	root *os.Root
+	base string
+	uid  int
+}
+
+// own gives p to the workspace's uid.
+func (x *extractor) own(p string) error {
+	if x.uid == 0 {
+		return nil
+	}
+	return x.root.Lchown(p, x.uid, x.uid)
+}
+
+// mkdirAll creates p and its missing parents, owned by the workspace.
+func (x *extractor) mkdirAll(p string) error {
+	parts := strings.Split(p, "/")
+	for i := range parts {
+		sub := strings.Join(parts[:i+1], "/")
+		err := x.root.Mkdir(sub, 0o755)
+		if err == nil {
+			if err := x.own(sub); err != nil {
+				return err
+			}
+			continue
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		fi, serr := x.root.Stat(sub)
+		if serr != nil {
+			return serr
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%s: not a directory", sub)
+		}
+	}
+	return nil
+}
+
+func (x *extractor) extract(h *tar.Header, body io.Reader) error {
+	root, base := x.root, x.base
 	if h.Typeflag == tar.TypeXGlobalHeader {
 		return nil
 	}
@@ -127,7 +176,7 @@ func extract(root *os.Root, base string, h *tar.Header, body io.Reader) error {
 	// Permissions only: setuid/setgid bits from an upload are dropped.
 	mode := fs.FileMode(h.Mode) & fs.ModePerm
 	if parent := path.Dir(p); parent != "." {
-		if err := root.MkdirAll(parent, 0o755); err != nil {
+		if err := x.mkdirAll(parent); err != nil {
 			return fileErr(h.Name, err)
 		}
 	}
@@ -151,7 +200,7 @@ func extract(root *os.Root, base string, h *tar.Header, body io.Reader) error {
 	}
 	switch h.Typeflag {
 	case tar.TypeDir:
-		if err := root.MkdirAll(p, 0o755); err != nil {
+		if err := x.mkdirAll(p); err != nil {
 			return fileErr(h.Name, err)
 		}
 		if err := root.Chmod(p, mode); err != nil {
@@ -172,6 +221,9 @@ func extract(root *os.Root, base string, h *tar.Header, body io.Reader) error {
 		if err != nil {
 			return fmt.Errorf("write %s: %w", h.Name, err)
 		}
+		if err := x.own(p); err != nil {
+			return fileErr(h.Name, err)
+		}
 		if err := root.Chmod(p, mode); err != nil {
 			return fileErr(h.Name, err)
 		}
@@ -184,6 +236,9 @@ func extract(root *os.Root, base string, h *tar.Header, body io.Reader) error {
 		}
 		// The link may point anywhere; following it is what is checked.
 		if err := root.Symlink(h.Linkname, p); err != nil {
+			return fileErr(h.Name, err)
+		}
+		if err := x.own(p); err != nil {
 			return fileErr(h.Name, err)
 		}
 	case tar.TypeLink:

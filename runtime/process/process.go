@@ -33,6 +33,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -60,14 +61,17 @@ const Name = "process"
 
 // Driver runs workspaces as processes. Open it with New (or runtime.Open).
 type Driver struct {
-	dataDir  string
-	serverID string
-	initPath string
-	log      hclog.Logger
-	caps     runtime.Capabilities
-	ns       nsConfig
-	cg       *cgroupHost // nil: no cgroups here
-	disk     bool        // loop-mounted ext4 images work
+	dataDir   string
+	serverID  string
+	initPath  string
+	log       hclog.Logger
+	caps      runtime.Capabilities
+	ns        nsConfig
+	cg        *cgroupHost // nil: no cgroups here
+	disk      bool        // loop-mounted ext4 images work
+	uidSep    bool        // commands run as a per-workspace unprivileged uid
+	uidWhy    string      // why not, if not
+	uidSepOff bool        // option uid_separation=false
 
 	mu       sync.Mutex
 	children map[string]*supervisorProc // supervisors this driver started (it must reap them)
@@ -91,6 +95,9 @@ type meta struct {
 	ProxySocket string            `json:"proxy_socket,omitempty"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	Disk        bool              `json:"disk,omitempty"` // home is a loop-mounted image
+	// UID, if not 0, is the host uid (and gid) that owns home and runs
+	// the workspace's commands (see sandboxUID).
+	UID uint32 `json:"uid,omitempty"`
 }
 
 // pidFile is init.json: the running supervisor.
@@ -119,7 +126,8 @@ var idRE = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
 // Capabilities; it fails only if DataDir is unusable or the init binary
 // cannot be found. Option "namespaces" ("true" by default) set to "false"
 // runs supervisors without namespaces: then only network mode open is
-// available.
+// available. Option "uid_separation" ("true" by default) set to "false"
+// runs commands as root when the server is root (see sandboxUID).
 func New(cfg runtime.Config) (runtime.Runtime, error) {
 	if cfg.DataDir == "" {
 		return nil, errdefs.Invalid("invalid_config", "process runtime: DataDir is required")
@@ -161,6 +169,13 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 			return nil, errdefs.Invalid("invalid_config", "process runtime: option namespaces=%q is not a boolean", v)
 		}
 		noNS = !on
+	}
+	if v, ok := cfg.Options["uid_separation"]; ok {
+		on, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, errdefs.Invalid("invalid_config", "process runtime: option uid_separation=%q is not a boolean", v)
+		}
+		d.uidSepOff = !on
 	}
 	d.probe(noNS)
 	d.log.Info("process runtime ready", "data_dir", dataDir, "isolation", d.caps.Isolation,
@@ -235,6 +250,7 @@ func (d *Driver) probe(noNS bool) {
 	if len(why) > 0 {
 		sup.Why = why
 	}
+	d.uidSep, d.uidWhy = d.probeUIDSeparation(root)
 	iso := "plain processes (no namespaces: " + d.ns.why + ")"
 	if d.ns.ok {
 		iso = "namespaces: mount, pid, ipc, uts"
@@ -245,6 +261,11 @@ func (d *Driver) probe(noNS bool) {
 			iso += ", user"
 		}
 		iso += "; host file system read-only, workspace writable"
+		if d.uidSep {
+			iso += "; commands run as an unprivileged uid per workspace"
+		} else if root {
+			iso += "; commands run as root (" + d.uidWhy + ")"
+		}
 	}
 	if d.cg != nil {
 		iso += "; cgroup " + d.cg.version
@@ -254,6 +275,49 @@ func (d *Driver) probe(noNS bool) {
 	}
 	_, ptyErr := os.Stat("/dev/ptmx")
 	d.caps = runtime.Capabilities{Policy: sup, TTY: ptyErr == nil, Isolation: iso}
+}
+
+// uidBase and uidRange bound the uids of workspaces: far above the ranges
+// that /etc/subuid hands out for rootless containers.
+const (
+	uidBase  = 1 << 30
+	uidRange = 1 << 29
+)
+
+// sandboxUID is the host uid (and gid) that owns workspace id's files and
+// runs its commands when the server is root: one per workspace, with no
+// entry in /etc/passwd, so commands cannot read root's files or reach root's
+// sockets, and workspaces cannot touch each other's files.
+func sandboxUID(id string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return uidBase + h.Sum32()%uidRange
+}
+
+// probeUIDSeparation decides whether commands can run as sandboxUID: the
+// server must be root, supervisors confined (namespaces), option
+// "uid_separation" not "false", and the workspace paths reachable by an
+// unprivileged user inside the confinement (directories above DataDir
+// searchable by others, except under /tmp, which confinement replaces).
+func (d *Driver) probeUIDSeparation(root bool) (bool, string) {
+	switch {
+	case !root:
+		return false, "not root"
+	case !d.ns.ok:
+		return false, "no namespaces"
+	case d.uidSepOff:
+		return false, "turned off by option uid_separation=false"
+	}
+	for dir := filepath.Dir(d.dataDir); dir != "/"; dir = filepath.Dir(dir) {
+		if dir == "/tmp" || strings.HasPrefix(dir, "/tmp/") {
+			continue
+		}
+		fi, err := os.Stat(dir)
+		if err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return false, fmt.Sprintf("%s is not searchable by other users", dir)
+		}
+	}
+	return true, ""
 }
 
 // probeNamespaces starts `corral init --check` in the namespaces a
@@ -436,11 +500,19 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 		Env: spec.Env, Policy: spec.Policy, ProxySocket: spec.ProxySocket, Labels: spec.Labels,
 		Disk: spec.Policy.Limits.Disk > 0,
 	}
+	if d.uidSep {
+		m.UID = sandboxUID(spec.ID)
+	}
 	if err := os.Mkdir(d.homeDir(spec.ID), 0o755); err != nil {
 		return fmt.Errorf("create workspace %s: %w", spec.ID, err)
 	}
 	if m.Disk {
 		if err := createDisk(ctx, dir, d.homeDir(spec.ID), int64(spec.Policy.Limits.Disk)); err != nil {
+			return fmt.Errorf("create workspace %s: %w", spec.ID, err)
+		}
+	}
+	if m.UID != 0 {
+		if err := os.Chown(d.homeDir(spec.ID), int(m.UID), int(m.UID)); err != nil {
 			return fmt.Errorf("create workspace %s: %w", spec.ID, err)
 		}
 	}
@@ -535,6 +607,10 @@ func (d *Driver) start(ctx context.Context, m *meta) (err error) {
 		if err := d.cg.create(id, m.Policy.Limits); err != nil {
 			return err
 		}
+	}
+	if m.UID != 0 && !d.uidSep {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "unsupported_isolation",
+			"workspace %s runs its commands as uid %d, which this driver cannot do here: %s", id, m.UID, d.uidWhy)
 	}
 	netns := m.Policy.Network.Mode != policy.NetworkOpen
 	if netns && !d.ns.netOK {

@@ -37,19 +37,23 @@ func open(t testing.TB, dataDir string) runtime.Runtime {
 // unprivileged (TestUnprivileged), where it cannot build one.
 const initEnv = "CORRAL_PROCESS_TEST_INIT"
 
+// initPath is the corral binary the driver runs as init.
+func initPath(t testing.TB) string {
+	if p := os.Getenv(initEnv); p != "" {
+		return p
+	}
+	return testbin.Corral(t)
+}
+
 func openWith(t testing.TB, dataDir string, options map[string]string) runtime.Runtime {
 	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
 	}
-	initPath := os.Getenv(initEnv)
-	if initPath == "" {
-		initPath = testbin.Corral(t)
-	}
 	rt, err := process.New(runtime.Config{
 		DataDir:  dataDir,
 		ServerID: "test",
-		InitPath: initPath,
+		InitPath: initPath(t),
 		Options:  options,
 		Logger:   hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
 	})
@@ -424,6 +428,18 @@ func TestIsolation(t *testing.T) {
 			t.Errorf("the host's /run is visible: %q", r.stdout)
 		}
 	}
+	// As root, commands run as the workspace's own unprivileged uid: root's
+	// files stay unreadable, and the workspace's files are its own.
+	if strings.Contains(rt.Capabilities().Isolation, "unprivileged uid") {
+		r := sh(t, rt, ws, "id -u; cat /etc/shadow; stat -c %u . f")
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		if len(lines) != 3 || lines[0] == "0" || lines[1] != lines[0] || lines[2] != lines[0] || !strings.Contains(r.stderr, "Permission denied") {
+			t.Errorf("uid separation: stdout %q stderr %q", r.stdout, r.stderr)
+		}
+		if r := sh(t, rt, other, "id -u"); strings.TrimSpace(r.stdout) == lines[0] {
+			t.Errorf("two workspaces run as the same uid %s", lines[0])
+		}
+	}
 	// A symlink out of the workspace is no working directory.
 	if err := os.Symlink("/", filepath.Join(dirOf(t, rt, ws), "out")); err != nil {
 		t.Fatal(err)
@@ -489,7 +505,7 @@ func TestAdoptAfterRestart(t *testing.T) {
 		t.Errorf("supervisor %d still alive after Stop: %s", pid, b)
 	}
 	// A server with another ID sees none of them.
-	other, err := process.New(runtime.Config{DataDir: dir, ServerID: "other", InitPath: testbin.Corral(t)})
+	other, err := process.New(runtime.Config{DataDir: dir, ServerID: "other", InitPath: initPath(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
