@@ -53,6 +53,7 @@ func (s *Server) Handler() http.Handler {
 	r.Get("/health", s.health)
 	r.Get("/ready", s.ready)
 	r.Get("/metrics", s.metrics.serve)
+	s.docRoutes(r) // GET /openapi.json, /docs
 	r.Group(func(r chi.Router) {
 		r.Use(s.authenticate)
 		r.Route("/workspaces", func(r chi.Router) {
