@@ -6,21 +6,26 @@
 // workspace's files; commands run with it as HOME and working directory.
 // Starting a workspace starts its supervisor, `corral init --serve`, in new
 // mount, pid, ipc, uts and (for network modes none and allowlist) network
-// namespaces, inside the workspace's cgroups. The supervisor is PID 1 there:
-// it reaps orphans and starts each command on request with stdio fds that
-// the driver passes over a unix socket, so output flows straight from the
-// command to the driver and an exec costs about one fork. Stopping kills the
-// supervisor and with it the whole pid namespace. Supervisors run in their
-// own session and survive a server restart; a new driver on the same
-// DataDir finds them again through their pid file and socket.
+// namespaces. The supervisor is PID 1 there: it reaps orphans and starts
+// each command on request with stdio fds that the driver passes over a unix
+// socket, so output flows straight from the command to the driver and an
+// exec costs about one fork. Commands start inside the workspace's cgroups
+// (the supervisor itself stays outside them). Stopping kills the supervisor
+// and with it the whole pid namespace. Supervisors run in their own session
+// and survive a server restart; a new driver on the same DataDir finds them
+// again through their pid file and socket.
 //
 // In its mount namespace the supervisor confines the file system: the
 // host's mounts are read-only, the runtime's data directory (other
-// workspaces, sockets) is hidden under an empty tmpfs, /tmp and /dev/shm are
-// private tmpfs, and only the workspace's home is writable. Commands still
-// read the host's files (they run the host's programs) and run as the
-// server's user (as root, root of the host, with a read-only view; without
-// root, root of a user namespace). Without namespaces (option
+// workspaces, sockets) is hidden under an empty tmpfs, /run (the host's
+// daemon sockets) is covered, /tmp and /dev/shm are private tmpfs, and only
+// the workspace's home is writable. Commands fork with a capability
+// bounding set like Docker's default, so root cannot undo this. When the
+// server is root, commands also run as an unprivileged uid of their own
+// (sandboxUID), which owns the workspace's files: root's files and sockets
+// are out of reach. Without root, commands are root of a user namespace
+// mapped to the server's user. Commands still read the host's world-readable
+// files: they run the host's programs. Without namespaces (option
 // namespaces=false, or a host that forbids them) none of this applies:
 // commands are plain processes of the server's user. Use a container
 // runtime where a stronger boundary matters.
@@ -853,6 +858,9 @@ func (d *Driver) Inspect(ctx context.Context, id string) (runtime.Status, error)
 
 func (d *Driver) status(m *meta) runtime.Status {
 	st := runtime.Status{ID: m.ID, State: runtime.StateCreated, Detail: map[string]string{"dir": d.homeDir(m.ID)}}
+	if m.UID != 0 {
+		st.Detail["uid"] = strconv.FormatUint(uint64(m.UID), 10)
+	}
 	if pf := d.running(m.ID); pf != nil {
 		st.State = runtime.StateRunning
 		st.StartedAt = pf.StartedAt
