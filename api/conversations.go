@@ -212,11 +212,7 @@ func (s *Server) conversationEvents(w http.ResponseWriter, r *http.Request) {
 
 // conversationStream serves GET /conversations/{id}/stream?after=SEQ, a
 // WebSocket that authenticates itself (header or first frame, like the exec
-// socket), so the lead mounts it outside the authenticated router:
-//
-//	r.Get("/conversations/{id}/stream", s.conversationStream(s.conversations))
-//
-// It sends a snapshot frame, then every event with seq > after (stored ones,
+// socket), so it is mounted outside the authenticated router. It sends a snapshot frame, then every event with seq > after (stored ones,
 // then live ones) in order, pings every 15 s, and closes with CloseResume
 // when the client falls too far behind, 1001 when the server shuts down,
 // 4404 when the conversation is deleted.
