@@ -26,7 +26,9 @@ import (
 //     set; their pages are charged to the writer's memory cgroup anyway);
 //   - /run (and so /var/run), where the host's daemons keep their sockets,
 //     is covered by an empty tmpfs but for /run/systemd/resolve;
-//   - home, and the proxy socket if it was covered, are bound back at their
+//   - home, and the proxy socket's directory if it was covered (the
+//     directory, so that a socket the proxy re-creates stays reachable), are
+//     bound back at their
 //     paths.
 //
 // Commands still read the host's files outside hide (they run the host's
@@ -47,10 +49,10 @@ func confine(home, hide, proxy string, tmpSize int64) error {
 		return fmt.Errorf("confine: open %s: %w", home, err)
 	}
 	defer unix.Close(homeFD)
-	proxyFD := -1
+	proxyFD, proxyDir := -1, filepath.Dir(proxy)
 	if proxy != "" {
-		if proxyFD, err = unix.Open(proxy, unix.O_PATH|unix.O_CLOEXEC, 0); err != nil {
-			return fmt.Errorf("confine: open proxy socket %s: %w", proxy, err)
+		if proxyFD, err = unix.Open(proxyDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("confine: open proxy socket directory %s: %w", proxyDir, err)
 		}
 		defer unix.Close(proxyFD)
 	}
@@ -102,15 +104,12 @@ func confine(home, hide, proxy string, tmpSize int64) error {
 		return fmt.Errorf("confine: bind %s back: %w", home, err)
 	}
 	if proxyFD >= 0 {
-		if _, err := os.Stat(proxy); err != nil {
-			if err := os.MkdirAll(filepath.Dir(proxy), 0o755); err != nil {
-				return fmt.Errorf("confine: proxy socket: %w", err)
+		if _, err := os.Stat(proxyDir); err != nil {
+			if err := os.MkdirAll(proxyDir, 0o755); err != nil {
+				return fmt.Errorf("confine: proxy socket directory: %w", err)
 			}
-			if err := os.WriteFile(proxy, nil, 0o600); err != nil {
-				return fmt.Errorf("confine: proxy socket: %w", err)
-			}
-			if err := unix.Mount(fdPath(proxyFD), proxy, "", unix.MS_BIND, ""); err != nil {
-				return fmt.Errorf("confine: bind proxy socket back: %w", err)
+			if err := unix.Mount(fdPath(proxyFD), proxyDir, "", unix.MS_BIND, ""); err != nil {
+				return fmt.Errorf("confine: bind proxy socket directory back: %w", err)
 			}
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -290,6 +292,79 @@ func TestNetworkAllowlistGoesThroughProxy(t *testing.T) {
 	if r := sh(t, rt, ws, fmt.Sprintf("busybox nc 127.0.0.1 %d </dev/null", port)); r.ExitCode == 0 || r.stdout != "" {
 		t.Errorf("allowlist workspace reached the host directly: %+v %q", r.ExitResult, r.stdout)
 	}
+}
+
+// The allowlist end to end with the server's real egress proxy: an allowed
+// name is reached through the forwarder and the proxy, anything else is
+// refused by the proxy and recorded, and direct connections have no route.
+func TestNetworkAllowlistWithEgressProxy(t *testing.T) {
+	busybox(t)
+	rt := open(t, "")
+	need(t, rt, rt.Capabilities().Policy.SupportsNetwork(policy.NetworkAllowlist), "network allowlist")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s\n", r.Host)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	port := ln.Addr().(*net.TCPAddr).Port
+
+	dir, err := os.MkdirTemp("", "cp-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	denials := make(chan policy.Denial, 10)
+	proxy := &policy.Proxy{
+		Dir:          dir,
+		AllowPrivate: true, // the test's upstream is on loopback
+		Resolver:     fixedResolver{"allowed.test": netip.MustParseAddr("127.0.0.1"), "denied.test": netip.MustParseAddr("127.0.0.1")},
+		OnDeny:       func(_ string, d policy.Denial) { denials <- d },
+	}
+	t.Cleanup(func() { proxy.Shutdown(context.Background()) })
+	pol := policy.Policy{Network: policy.Network{Mode: policy.NetworkAllowlist, AllowedHosts: []string{fmt.Sprintf("allowed.test:%d", port)}}}
+	id := "ws_pt_proxy_" + strconv.Itoa(os.Getpid())
+	sock, err := proxy.Open(id, pol.Network.AllowedHosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := rt.Create(ctx, runtime.Spec{ID: id, Policy: pol, ProxySocket: sock}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Remove(context.Background(), id) })
+	if err := rt.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if r := sh(t, rt, id, fmt.Sprintf("busybox wget -q -O- http://allowed.test:%d/x", port)); r.ExitCode != 0 || r.stdout != fmt.Sprintf("hello from allowed.test:%d\n", port) {
+		t.Errorf("allowed host: %+v %q %q", r.ExitResult, r.stdout, r.stderr)
+	}
+	if r := sh(t, rt, id, fmt.Sprintf("busybox wget -q -O- http://denied.test:%d/x", port)); r.ExitCode == 0 {
+		t.Errorf("denied host answered: %q", r.stdout)
+	}
+	select {
+	case d := <-denials:
+		if d.Host != "denied.test" || d.Reason != policy.DenyNotAllowed {
+			t.Errorf("denial %+v", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("no denial recorded")
+	}
+	if r := sh(t, rt, id, fmt.Sprintf("busybox nc 127.0.0.1 %d </dev/null", port)); r.ExitCode == 0 {
+		t.Errorf("direct connection to the host succeeded: %q", r.stdout)
+	}
+}
+
+type fixedResolver map[string]netip.Addr
+
+func (f fixedResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	if a, ok := f[host]; ok {
+		return []netip.Addr{a}, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
 }
 
 func TestMemoryLimitOOMKills(t *testing.T) {
