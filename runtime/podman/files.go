@@ -383,9 +383,15 @@ func (d *Driver) CopyOut(ctx context.Context, id, p string) (io.ReadCloser, erro
 		}
 		pw.CloseWithError(err)
 	}()
+	// The service names the root's entries after the mount point;
+	// Corral names them "./...", as the other drivers do.
+	from := ""
+	if resolved == "" {
+		from = path.Base(runtime.WorkspaceDir) + "/"
+	}
 	out, outW := io.Pipe()
 	go func() {
-		err := normalizeTar(pr, outW)
+		err := normalizeTar(pr, outW, from, "./")
 		pr.CloseWithError(err) // stop the service's stream if we stopped early
 		outW.CloseWithError(err)
 	}()
@@ -393,8 +399,9 @@ func (d *Driver) CopyOut(ctx context.Context, id, p string) (io.ReadCloser, erro
 }
 
 // normalizeTar copies a tar stream, naming directories with a trailing
-// slash as the rest of Corral does (the service omits it).
-func normalizeTar(in io.Reader, out io.Writer) error {
+// slash as the rest of Corral does (the service omits it), and renaming
+// the prefix from (if not "") of names and hard links' targets to to.
+func normalizeTar(in io.Reader, out io.Writer, from, to string) error {
 	tr := tar.NewReader(in)
 	tw := tar.NewWriter(out)
 	for {
@@ -407,6 +414,14 @@ func normalizeTar(in io.Reader, out io.Writer) error {
 		}
 		if h.Typeflag == tar.TypeDir && !strings.HasSuffix(h.Name, "/") {
 			h.Name += "/"
+		}
+		if from != "" {
+			if rest, ok := strings.CutPrefix(h.Name, from); ok {
+				h.Name = to + rest
+			}
+			if rest, ok := strings.CutPrefix(h.Linkname, from); ok && h.Typeflag == tar.TypeLink {
+				h.Linkname = to + rest
+			}
 		}
 		if err := tw.WriteHeader(h); err != nil {
 			return err

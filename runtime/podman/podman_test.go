@@ -655,3 +655,59 @@ func TestExecAfterStopAndRemove(t *testing.T) {
 		t.Errorf("Exec after the container went: %v, want ErrNotFound", err)
 	}
 }
+
+func TestCopyRootAndHardLinks(t *testing.T) {
+	d := open(t, false, nil)
+	ctx := context.Background()
+	id := workspace(t, d, policy.Policy{Network: policy.Network{Mode: policy.NetworkNone}})
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range []*tar.Header{
+		{Typeflag: tar.TypeDir, Name: "./", Mode: 0o755},
+		{Typeflag: tar.TypeReg, Name: "./top.txt", Mode: 0o644, Size: 3},
+		{Typeflag: tar.TypeDir, Name: "./sub/", Mode: 0o755},
+		{Typeflag: tar.TypeLink, Name: "./sub/hard", Linkname: "./top.txt"},
+	} {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Size > 0 {
+			tw.Write([]byte("top"))
+		}
+	}
+	tw.Close()
+	if err := d.CopyIn(ctx, id, "", &buf); err != nil {
+		t.Fatalf("CopyIn of a ./-style stream: %v", err)
+	}
+	if _, out := sh(t, d, id, "cat top.txt sub/hard; stat -c %h top.txt"); out != "toptop2\n" {
+		t.Errorf("files read %q, want the file and its hard link", out)
+	}
+	rc, err := d.CopyOut(ctx, id, "")
+	if err != nil {
+		t.Fatalf("CopyOut of the root: %v", err)
+	}
+	defer rc.Close()
+	got := map[string]string{}
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(tr)
+		if h.Typeflag == tar.TypeLink {
+			body = []byte("-> " + h.Linkname)
+		}
+		got[h.Name] = string(body)
+	}
+	if _, ok := got["./"]; !ok {
+		t.Errorf("CopyOut of the root lacks ./: %v", got)
+	}
+	if !(got["./top.txt"] == "top" && got["./sub/hard"] == "-> ./top.txt" ||
+		got["./sub/hard"] == "top" && got["./top.txt"] == "-> ./sub/hard") {
+		t.Errorf("CopyOut of the root gave %v", got)
+	}
+}
