@@ -311,11 +311,18 @@ func (d *Driver) rewriteTar(res *resolver, base string, in io.Reader, out io.Wri
 			res.links[full] = h.Linkname
 			delete(res.cache, full)
 		case tar.TypeLink:
+			// A hard link's target is another name in the stream's
+			// tree, reached without symlinks that lead elsewhere.
 			target, err := runtime.CleanPath(h.Linkname)
-			if err != nil {
+			if err != nil || path.IsAbs(h.Linkname) || target == "" {
 				return 0, runtime.EscapeError(h.Name)
 			}
 			h.Linkname = path.Join(base, target)
+			if r, err := res.resolve(h.Linkname, false); err != nil {
+				return 0, err
+			} else if r != h.Linkname {
+				return 0, runtime.EscapeError(h.Name)
+			}
 		case tar.TypeDir:
 			res.cache[full] = stat{exists: true, isDir: true}
 		case tar.TypeReg, tar.TypeRegA:

@@ -682,6 +682,27 @@ func TestCopyRootAndHardLinks(t *testing.T) {
 	if _, out := sh(t, d, id, "cat top.txt sub/hard; stat -c %h top.txt"); out != "toptop2\n" {
 		t.Errorf("files read %q, want the file and its hard link", out)
 	}
+	// Hard links out of the tree, or through a symlink, are escapes.
+	if err := d.CopyIn(ctx, id, "sub", makeTarEntries(t, &tar.Header{Typeflag: tar.TypeSymlink, Name: "toroot", Linkname: "/"})); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"/etc/passwd", "../../etc/passwd", "toroot/etc/passwd"} {
+		err := d.CopyIn(ctx, id, "sub", makeTarEntries(t, &tar.Header{Typeflag: tar.TypeLink, Name: "evil", Linkname: target}))
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || errdefs.Code(err) != "path_escape" {
+			t.Errorf("hard link to %s: %v, want path_escape", target, err)
+		}
+	}
+	for _, typ := range []byte{tar.TypeChar, tar.TypeBlock, tar.TypeFifo} {
+		err := d.CopyIn(ctx, id, "", makeTarEntries(t, &tar.Header{Typeflag: typ, Name: "dev", Devmajor: 1, Devminor: 3, Mode: 0o666}))
+		if !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("special file %c: %v, want ErrInvalidArgument", typ, err)
+		}
+	}
+	if _, out := sh(t, d, id, "ls -A sub; test -e dev && echo dev"); out != "hard\ntoroot\n" {
+		t.Errorf("refused streams wrote something: %q", out)
+	}
+	sh(t, d, id, "rm sub/toroot")
+
 	rc, err := d.CopyOut(ctx, id, "")
 	if err != nil {
 		t.Fatalf("CopyOut of the root: %v", err)
@@ -710,4 +731,20 @@ func TestCopyRootAndHardLinks(t *testing.T) {
 		got["./sub/hard"] == "top" && got["./top.txt"] == "-> ./sub/hard") {
 		t.Errorf("CopyOut of the root gave %v", got)
 	}
+}
+
+// makeTarEntries returns a tar stream of bodiless entries.
+func makeTarEntries(t *testing.T, hs ...*tar.Header) io.Reader {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range hs {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return &buf
 }
