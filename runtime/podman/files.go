@@ -293,17 +293,16 @@ func (d *Driver) rewriteTar(res *resolver, base string, in io.Reader, out io.Wri
 		if name == "" {
 			continue // the directory itself
 		}
+		// The entry's parent must resolve inside the workspace. The
+		// entry is then named by where it resolves to: the service
+		// extracts as if the volume were the root, so it must not meet
+		// a symlink on the way.
 		full := path.Join(base, name)
-		// The entry's parent must resolve inside the workspace, and to
-		// where it seems to be: extraction does not follow links to
-		// other places.
 		parent, err := res.resolve(path.Dir(full), true)
 		if err != nil {
 			return 0, err
 		}
-		if parent != path.Dir(full) && !(parent == "" && path.Dir(full) == ".") {
-			return 0, runtime.EscapeError(h.Name)
-		}
+		full = path.Join(parent, path.Base(full))
 		switch h.Typeflag {
 		case tar.TypeSymlink:
 			// A link may point anywhere; only paths through it are

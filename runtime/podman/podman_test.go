@@ -703,6 +703,22 @@ func TestCopyRootAndHardLinks(t *testing.T) {
 	}
 	sh(t, d, id, "rm sub/toroot")
 
+	// Through links that stay inside, absolute or relative, entries land
+	// where the links lead, as a command in the sandbox would see them.
+	if err := d.CopyIn(ctx, id, "", makeTarEntries(t,
+		&tar.Header{Typeflag: tar.TypeDir, Name: "real/", Mode: 0o755},
+		&tar.Header{Typeflag: tar.TypeSymlink, Name: "rel", Linkname: "real"},
+		&tar.Header{Typeflag: tar.TypeSymlink, Name: "abs", Linkname: runtime.WorkspaceDir + "/real"},
+		&tar.Header{Typeflag: tar.TypeDir, Name: "rel/a/", Mode: 0o755},
+		&tar.Header{Typeflag: tar.TypeDir, Name: "abs/b/", Mode: 0o755},
+	)); err != nil {
+		t.Fatalf("CopyIn through inside links: %v", err)
+	}
+	if _, out := sh(t, d, id, "ls real; readlink abs; readlink rel"); out != "a\nb\n"+runtime.WorkspaceDir+"/real\nreal\n" {
+		t.Errorf("through inside links: %q", out)
+	}
+	sh(t, d, id, "rm -r real rel abs")
+
 	rc, err := d.CopyOut(ctx, id, "")
 	if err != nil {
 		t.Fatalf("CopyOut of the root: %v", err)
