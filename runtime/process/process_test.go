@@ -592,6 +592,64 @@ func TestAdoptAfterRestart(t *testing.T) {
 	}
 }
 
+// helperDirEnv makes TestHelperServer act as a server process that starts a
+// workspace and exits without stopping it, as a crashing server would.
+const helperDirEnv = "CORRAL_PROCESS_TEST_SERVER_DIR"
+
+func TestHelperServer(t *testing.T) {
+	dir := os.Getenv(helperDirEnv)
+	if dir == "" {
+		t.Skip("helper for TestSurvivesServerExit")
+	}
+	rt, err := process.New(runtime.Config{DataDir: dir, ServerID: "test", InitPath: initPath(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := rt.Create(ctx, runtime.Spec{ID: "ws_pt_survivor", Policy: none()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.Start(ctx, "ws_pt_survivor"); err != nil {
+		t.Fatal(err)
+	}
+	if r := sh(t, rt, "ws_pt_survivor", "echo kept > f; (sleep 1000 >/dev/null 2>&1 &)"); r.ExitCode != 0 {
+		t.Fatalf("%+v %q", r.ExitResult, r.stderr)
+	}
+	os.Exit(0) // no cleanup: the server is gone
+}
+
+// Workspaces outlive the server process that started them, and the next
+// server adopts them.
+func TestSurvivesServerExit(t *testing.T) {
+	if os.Getenv(helperDirEnv) != "" {
+		t.Skip("in the helper")
+	}
+	dir := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, "-test.run", "^TestHelperServer$", "-test.count=1")
+	cmd.Env = append(os.Environ(), helperDirEnv+"="+dir, initEnv+"="+initPath(t))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("helper server: %v\n%s", err, out)
+	}
+	rt := open(t, dir)
+	ctx := context.Background()
+	t.Cleanup(func() {
+		if err := rt.Remove(context.Background(), "ws_pt_survivor"); err != nil {
+			t.Errorf("Remove: %v", err)
+		}
+	})
+	st, err := rt.Inspect(ctx, "ws_pt_survivor")
+	if err != nil || st.State != runtime.StateRunning {
+		t.Fatalf("after the server exited: %+v, %v", st, err)
+	}
+	if r := sh(t, rt, "ws_pt_survivor", "cat f; ps -o comm | grep -c sleep"); r.stdout != "kept\n1\n" {
+		t.Errorf("adopted workspace: %+v %q %q", r.ExitResult, r.stdout, r.stderr)
+	}
+}
+
 // Remove leaves nothing behind: no processes, no cgroups, no directory.
 func TestRemoveLeavesNothing(t *testing.T) {
 	dir := t.TempDir()
