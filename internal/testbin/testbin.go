@@ -9,7 +9,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -23,23 +26,25 @@ var (
 	out  []byte
 )
 
-// Corral returns the path of a freshly built static corral binary.
+// Corral returns the path of a freshly built static corral binary. Binaries
+// live in one shared directory, one per test process (corral-PID); those of
+// processes that have exited are removed, so test runs leave nothing behind
+// but the newest few.
 func Corral(t testing.TB) string {
 	t.Helper()
 	once.Do(func() {
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..")
-		dir, derr := os.MkdirTemp("", "corral-testbin-")
-		if derr != nil {
-			err = derr
+		dir := filepath.Join(os.TempDir(), "corral-testbin")
+		if err = os.MkdirAll(dir, 0o755); err != nil {
 			return
 		}
 		// Rootless engines read the binary as another user.
 		if err = os.Chmod(dir, 0o755); err != nil {
 			return
 		}
-		path = filepath.Join(dir, "corral")
-		// The same tags as the Makefile: the podman bindings need them.
+		removeStale(dir)
+		path = filepath.Join(dir, "corral-"+strconv.Itoa(os.Getpid()))
 		cmd := exec.Command("go", "build", "-tags", Tags, "-o", path, "./cmd/corral")
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -49,4 +54,18 @@ func Corral(t testing.TB) string {
 		t.Fatalf("build corral: %v\n%s", err, out)
 	}
 	return path
+}
+
+// removeStale deletes the binaries of test processes that no longer run.
+func removeStale(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		pid, perr := strconv.Atoi(strings.TrimPrefix(e.Name(), "corral-"))
+		if perr != nil || pid == os.Getpid() {
+			continue
+		}
+		if syscall.Kill(pid, 0) == syscall.ESRCH {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
 }
