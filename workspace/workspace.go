@@ -157,6 +157,9 @@ func (m *Manager) Create(ctx context.Context, user store.User, spec Spec, progre
 	if image == "" {
 		image = m.image
 	}
+	if _, ok := m.rt.(runtime.ImagePuller); !ok {
+		image = "" // a runtime without images (process) ignores it
+	}
 	if len(image) > 512 {
 		return Workspace{}, errdefs.Invalid("invalid_image", "image name is too long")
 	}

@@ -109,7 +109,7 @@ func run(ctx context.Context, c serveConfig, log hclog.Logger) error {
 		return fmt.Errorf("runtime dir: %w", err)
 	}
 	rt, err := runtime.Open(c.runtime, runtime.Config{
-		DataDir: rtDir, ServerID: serverID, InitPath: initPath, Options: opts, Logger: log.Named(c.runtime),
+		DataDir: rtDir, ServerID: serverID, InitPath: initPath, Options: opts, Logger: log,
 	})
 	if err != nil {
 		return err
