@@ -2,6 +2,7 @@ package docker
 
 import (
 	"context"
+	"errors"
 	"strings"
 
 	"github.com/corralhq/corral/errdefs"
@@ -71,5 +72,10 @@ func pullErr(image string, err error) error {
 	if isNotFound(err) || isInvalid(err) {
 		return errdefs.Invalid("image_not_found", "image %q not found: %v", image, err)
 	}
-	return engineErr(err, "pull image %s", image)
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || client.IsErrConnectionFailed(err) {
+		return engineErr(err, "pull image %s", image)
+	}
+	// The engine answered but could not reach or use the registry: the
+	// image may exist, it just cannot be had now.
+	return errdefs.New(errdefs.ErrUnavailable, "image_pull_failed", "pull image %s: %v", image, err)
 }
