@@ -39,6 +39,12 @@ const apiPrefix = "/v4.0.0/libpod"
 // unless they have a TTY.
 const sessionWrapper = `command -v setsid >/dev/null 2>&1 && exec setsid "$@"; exec "$@"`
 
+// ttyWrapper sizes the terminal before the command runs: the service
+// applies the size given at start only after starting the command, which
+// may already have looked (`stty size` would see 0 0). The TTY makes the
+// command a session leader already.
+const ttyWrapper = `stty rows "$1" cols "$2" 2>/dev/null; shift 2; exec "$@"`
+
 // Exec implements runtime.Runtime. The command runs as the leader of its
 // own session; Signal, the timeout and cancelling ctx signal that whole
 // process group.
@@ -72,8 +78,11 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 		}
 	}
 	argv := spec.Argv
-	if !spec.TTY {
+	switch {
+	case !spec.TTY:
 		argv = append([]string{"/bin/sh", "-c", sessionWrapper, "sh"}, argv...)
+	case spec.Size.Cols > 0 && spec.Size.Rows > 0:
+		argv = append([]string{"/bin/sh", "-c", ttyWrapper, "sh", strconv.Itoa(int(spec.Size.Rows)), strconv.Itoa(int(spec.Size.Cols))}, argv...)
 	}
 	cfg := &handlers.ExecCreateConfig{ExecOptions: dockerContainer.ExecOptions{
 		AttachStdin:  spec.Stdin != nil,
@@ -112,11 +121,6 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	conn, br, err := d.startExec(ctx, session, spec)
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
-	}
-	if spec.TTY && spec.Size.Cols > 0 && spec.Size.Rows > 0 {
-		// The start request carries the size too; 4.3 applies it only
-		// once the terminal exists, so set it again.
-		_ = p.Resize(ctx, spec.Size)
 	}
 	if spec.Timeout > 0 {
 		p.timer = time.AfterFunc(spec.Timeout, func() {
