@@ -435,6 +435,13 @@ func startRegistry(t *testing.T, addr string) {
 	if err != nil {
 		enginetest.Unavailable(t, "docker-registry", "sudo .ci/setup-podman.sh", err)
 	}
+	// The port must be ours: a registry of someone else's answering
+	// there would pass the readiness check below and go away later.
+	if ln, err := net.Listen("tcp", addr); err != nil {
+		t.Fatalf("registry address %s is in use: %v", addr, err)
+	} else {
+		ln.Close()
+	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "config.yml")
 	conf := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
@@ -447,28 +454,41 @@ func startRegistry(t *testing.T, addr string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start registry: %v", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-exited
 	})
+	// logs is written by the process until it exits: read it after.
+	fail := func(format string, args ...any) {
+		t.Helper()
+		_ = cmd.Process.Kill()
+		<-exited
+		t.Fatalf(format+" (exit: %v)\n%s", append(args, waitErr, logs.String())...)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := http.Get("http://" + addr + "/v2/")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
+				select {
+				case <-exited:
+					fail("registry exited")
+				default:
+				}
 				return
 			}
 		}
 		select {
-		case err := <-exited:
-			t.Fatalf("registry exited: %v\n%s", err, logs.String())
+		case <-exited:
+			fail("registry exited")
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("registry on %s did not answer: %v\n%s", addr, err, logs.String())
+			fail("registry on %s did not answer: %v", addr, err)
 		}
 	}
 }
