@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -319,4 +320,50 @@ func TestRestartKeepsState(t *testing.T) {
 	if err != nil || len(execs) == 0 {
 		t.Fatalf("exec records: %v %v", execs, err)
 	}
+}
+
+// With Accept: application/x-ndjson, POST /workspaces streams its progress
+// and ends with the outcome.
+func TestCreateStreaming(t *testing.T) {
+	e := newEnv(t, processBackend)
+	lines := e.createStream(e.alice, `{"env":{"A":"1"}}`)
+	last := lines[len(lines)-1]
+	if last.Type != "created" || last.Workspace == nil || last.Workspace.State != "running" {
+		t.Fatalf("last line = %+v", last)
+	}
+	e.json(e.alice, "GET", "/workspaces/"+last.Workspace.ID, nil, http.StatusOK, nil)
+
+	lines = e.createStream(e.alice, `{"network":{"mode":"allowlist","allowed_hosts":["10.0.0.1"]}}`)
+	last = lines[len(lines)-1]
+	if last.Type != "error" || last.Error == nil || last.Error.Code != "host_not_allowed" {
+		t.Fatalf("last line = %+v", last)
+	}
+}
+
+func (e *env) createStream(key, body string) []api.CreateEvent {
+	e.t.Helper()
+	req, _ := http.NewRequest("POST", e.url+"/workspaces", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Accept", "application/x-ndjson")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/x-ndjson" {
+		e.t.Fatalf("streaming create: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	var lines []api.CreateEvent
+	dec := json.NewDecoder(resp.Body)
+	for dec.More() {
+		var ev api.CreateEvent
+		if err := dec.Decode(&ev); err != nil {
+			e.t.Fatal(err)
+		}
+		lines = append(lines, ev)
+	}
+	if len(lines) == 0 {
+		e.t.Fatal("no lines")
+	}
+	return lines
 }

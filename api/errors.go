@@ -43,16 +43,26 @@ type ErrorDetail struct {
 	Message string `json:"message"`
 }
 
-// writeError answers with err's status and code. Internal errors are
-// logged and hidden from the client; client errors are not logged.
-func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+// internalError is what clients see of a 500: the details are in the log.
+var internalError = ErrorDetail{Code: "internal", Message: "internal error; see the server log"}
+
+// publicError returns err's status and what a client may see of it. Server
+// errors are logged (client errors are not), and a 500's details are
+// replaced by internalError.
+func (s *Server) publicError(r *http.Request, err error) (int, ErrorDetail) {
 	status := statusOf(err)
-	body := ErrorBody{Error: ErrorDetail{Code: errdefs.Code(err), Message: err.Error()}}
+	d := ErrorDetail{Code: errdefs.Code(err), Message: err.Error()}
 	if status >= 500 {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
 		if status == http.StatusInternalServerError {
-			body.Error = ErrorDetail{Code: "internal", Message: "internal error; see the server log"}
+			d = internalError
 		}
 	}
-	writeJSON(w, status, body)
+	return status, d
+}
+
+// writeError answers with err's status and code.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	status, d := s.publicError(r, err)
+	writeJSON(w, status, ErrorBody{Error: d})
 }

@@ -64,11 +64,7 @@ func (s *Server) execSocket(w http.ResponseWriter, r *http.Request) {
 		return conn.Write(ctx, websocket.MessageText, b)
 	}
 	fail := func(err error) {
-		d := ErrorDetail{Code: errdefs.Code(err), Message: err.Error()}
-		if statusOf(err) >= 500 {
-			s.log.Error("exec socket", "workspace_id", id, "error", err)
-			d = ErrorDetail{Code: "internal", Message: "internal error; see the server log"}
-		}
+		_, d := s.publicError(r, err)
 		_ = send(ExecServerFrame{Type: "error", Error: &d})
 		s.closeWithError(conn, err)
 	}

@@ -134,7 +134,7 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 					panic(v)
 				}
 				s.log.Error("panic in handler", "method", r.Method, "path", r.URL.Path, "panic", v)
-				writeJSON(w, http.StatusInternalServerError, ErrorBody{Error: ErrorDetail{Code: "internal", Message: "internal error; see the server log"}})
+				writeJSON(w, http.StatusInternalServerError, ErrorBody{Error: internalError})
 			}
 		}()
 		next.ServeHTTP(w, r)

@@ -1,16 +1,25 @@
 package api
 
 import (
+	"encoding/json"
 	"net/http"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/corralhq/corral/runtime"
 	"github.com/corralhq/corral/workspace"
 )
 
 func (s *Server) createWorkspace(w http.ResponseWriter, r *http.Request) {
 	var spec workspace.Spec
 	if !s.readJSON(w, r, &spec) {
+		return
+	}
+	if strings.Contains(r.Header.Get("Accept"), ndjson) {
+		s.createWorkspaceStreaming(w, r, spec)
 		return
 	}
 	ws, err := s.workspaces.Create(r.Context(), userFrom(r.Context()), spec, nil)
@@ -79,4 +88,53 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+const ndjson = "application/x-ndjson"
+
+// CreateEvent is one line of a streamed workspace creation: "progress"
+// lines while the image is pulled, then one "created" or "error" line.
+type CreateEvent struct {
+	Type      string                `json:"type"`
+	Progress  *runtime.PullProgress `json:"progress,omitempty"`
+	Workspace *workspace.Workspace  `json:"workspace,omitempty"`
+	Error     *ErrorDetail          `json:"error,omitempty"`
+}
+
+// createWorkspaceStreaming answers POST /workspaces with Accept:
+// application/x-ndjson: status 200 at once, then pull progress as it comes
+// (at most one line per layer every 100ms), and the outcome as the last line.
+func (s *Server) createWorkspaceStreaming(w http.ResponseWriter, r *http.Request, spec workspace.Spec) {
+	w.Header().Set("Content-Type", ndjson)
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	enc := json.NewEncoder(w)
+	var mu sync.Mutex
+	emit := func(ev CreateEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		_ = enc.Encode(ev)
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	last := map[string]time.Time{}
+	progress := func(p runtime.PullProgress) {
+		mu.Lock()
+		t, seen := last[p.Layer+p.Status]
+		if seen && time.Since(t) < 100*time.Millisecond {
+			mu.Unlock()
+			return
+		}
+		last[p.Layer+p.Status] = time.Now()
+		mu.Unlock()
+		emit(CreateEvent{Type: "progress", Progress: &p})
+	}
+	ws, err := s.workspaces.Create(r.Context(), userFrom(r.Context()), spec, progress)
+	if err != nil {
+		_, d := s.publicError(r, err)
+		emit(CreateEvent{Type: "error", Error: &d})
+		return
+	}
+	emit(CreateEvent{Type: "created", Workspace: &ws})
 }
