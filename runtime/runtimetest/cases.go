@@ -248,6 +248,55 @@ func (s *suite) testStdin(t *testing.T) {
 	}
 }
 
+// testWaitWithStdinOpen checks that Wait returns once the command exits,
+// even though the caller's Stdin never reaches EOF (an interactive client
+// that keeps its input open).
+func (s *suite) testWaitWithStdinOpen(t *testing.T) {
+	id := s.running(t)
+	for _, tc := range []struct {
+		name string
+		argv []string
+		feed string
+		want string
+	}{
+		{"ignores stdin", []string{"echo", "done"}, "", "done\n"},
+		{"reads some", []string{"head", "-c", "3"}, "abcdef\n", "abc"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pr, pw := io.Pipe()
+			defer pw.Close()
+			var out syncBuffer
+			p, err := s.rt.Exec(ctxT(t), id, runtime.ExecSpec{Argv: tc.argv, Stdin: pr, Stdout: &out})
+			if err != nil {
+				t.Fatalf("Exec: %v", err)
+			}
+			if tc.feed != "" {
+				go pw.Write([]byte(tc.feed))
+			}
+			type waited struct {
+				res runtime.ExitResult
+				err error
+			}
+			done := make(chan waited, 1)
+			go func() {
+				res, err := p.Wait()
+				done <- waited{res, err}
+			}()
+			select {
+			case w := <-done:
+				if w.err != nil || w.res.ExitCode != 0 {
+					t.Errorf("Wait: %+v, %v", w.res, w.err)
+				}
+				if got := out.String(); got != tc.want {
+					t.Errorf("stdout %q, want %q", got, tc.want)
+				}
+			case <-time.After(wait):
+				t.Fatalf("Wait did not return %s after the command exited while stdin stayed open; output %q", wait, out.String())
+			}
+		})
+	}
+}
+
 func (s *suite) testLargeOutput(t *testing.T) {
 	id := s.running(t)
 	const n = 6 << 20

@@ -65,6 +65,7 @@ func Run(t *testing.T, rt runtime.Runtime, opts Options) {
 		{"ExitCodes", s.testExitCodes},
 		{"Signals", s.testSignals},
 		{"Stdin", s.testStdin},
+		{"WaitWithStdinOpen", s.testWaitWithStdinOpen},
 		{"LargeOutput", s.testLargeOutput},
 		{"StdoutStderr", s.testStdoutStderr},
 		{"TTY", s.testTTY},
