@@ -448,7 +448,9 @@ func (s *supervisor) fork(path string, argv []string, attr *os.ProcAttr) (*comma
 //     grants containers by default, minus CAP_MKNOD, so that a command
 //     running as root cannot undo the file system confinement (remount,
 //     unmount), load modules, trace the supervisor, open files by handle
-//     or reconfigure the network.
+//     or reconfigure the network; and no_new_privs, so that a setuid
+//     program does not hand the capabilities back to a command running as
+//     an unprivileged uid.
 //
 // It must not be the main thread, which stands for the whole process in
 // cgroup.procs and to the OOM killer.
@@ -477,6 +479,16 @@ func (s *supervisor) startLauncher(dirs []string, dropCaps bool) error {
 		if dropCaps {
 			if err := dropBoundingCaps(); err != nil {
 				errc <- err
+				close(s.launcherReady)
+				return
+			}
+			// No command regains privileges by executing a setuid-root
+			// (or file-capability) program of the host: a command running
+			// as the workspace's unprivileged uid would otherwise be root
+			// again, with the bounding set's capabilities
+			// (CAP_DAC_OVERRIDE...). Per thread, inherited by every fork.
+			if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+				errc <- fmt.Errorf("set no_new_privs: %w", err)
 				close(s.launcherReady)
 				return
 			}

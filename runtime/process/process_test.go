@@ -864,3 +864,53 @@ func BenchmarkExecTrue(b *testing.B) {
 		}
 	})
 }
+
+// A command running as the workspace's unprivileged uid cannot become root
+// again through a setuid-root program of the host (no_new_privs): with
+// root's capabilities it could read root's files and write raw devices,
+// which a read-only mount does not protect.
+func TestNoPrivilegeGainThroughSetuid(t *testing.T) {
+	rt := open(t, "")
+	if !strings.Contains(rt.Capabilities().Isolation, "unprivileged uid") {
+		t.Skipf("commands do not run as an unprivileged uid here: %s", rt.Capabilities().Isolation)
+	}
+	// A setuid-root copy of id, where the sandbox can see it: outside
+	// /tmp (private in the sandbox) and the driver's data directory.
+	dir, err := os.MkdirTemp("/var/tmp", "corral-suid-")
+	if err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	idPath, err := exec.LookPath("id")
+	if err != nil {
+		t.Skip(err)
+	}
+	b, err := os.ReadFile(idPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	suid := filepath.Join(dir, "id")
+	if err := os.WriteFile(suid, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(suid, 0o4755|os.ModeSetuid); err != nil {
+		t.Fatal(err)
+	}
+	// The host itself honours the setuid bit here, or the test says nothing.
+	out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", suid, "-u").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "0" {
+		t.Skipf("setuid programs do not work in %s here (%v, %q)", dir, err, out)
+	}
+	ws := workspace(t, rt, none(), "")
+	r := sh(t, rt, ws, suid+" -u; "+suid+" -ru")
+	lines := strings.Fields(r.stdout)
+	if len(lines) != 2 || lines[1] == "0" {
+		t.Fatalf("id in the workspace: stdout %q stderr %q", r.stdout, r.stderr)
+	}
+	if lines[0] == "0" {
+		t.Errorf("a setuid-root program made the workspace's uid %s root again", lines[1])
+	}
+}
