@@ -14,8 +14,14 @@ import (
 
 // filePath is the path after /files/, relative to the workspace root,
 // unescaped: "a%2F..%2Fb" is "a/../b", which the path rules then refuse.
+// chi matches on the escaped path only when the URL has one (RawPath set);
+// otherwise the parameter is already unescaped and must not be unescaped
+// again, or a file named "a%41" would be read as "aA".
 func filePath(r *http.Request) string {
 	p := chi.URLParam(r, "*")
+	if r.URL.RawPath == "" {
+		return p
+	}
 	if u, err := url.PathUnescape(p); err == nil {
 		return u
 	}
