@@ -78,6 +78,12 @@ func confine(home, hide, proxy string, tmpSize int64) error {
 			return fmt.Errorf("confine: cover %s: %w", hide, err)
 		}
 	}
+	// /dev: the host's device nodes (disks, loop devices of other
+	// workspaces' file systems...) are writable on a read-only mount, so
+	// commands get a fresh /dev with the harmless ones only.
+	if err := minimalDev(); err != nil {
+		return err
+	}
 	opts := "mode=1777"
 	if tmpSize > 0 {
 		opts += ",size=" + strconv.FormatInt(tmpSize, 10)
@@ -114,6 +120,74 @@ func confine(home, hide, proxy string, tmpSize int64) error {
 		}
 	}
 	return nil
+}
+
+// devNodes are the host's device nodes that a sandbox's /dev keeps, bound
+// from the host; devLinks are the symlinks it gets.
+var (
+	devNodes = []string{"null", "zero", "full", "random", "urandom", "tty", "ptmx"}
+	devLinks = map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
+		"stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
+)
+
+// minimalDev covers /dev with a tmpfs holding devNodes (bound from the
+// host), devLinks, the host's /dev/pts (where the driver's terminals live)
+// and an empty shm directory, and makes it read-only. A read-only mount does
+// not stop writes to device nodes, so the host's /dev (its disks, the loop
+// devices holding other workspaces' files) must not be reachable at all.
+func minimalDev() error {
+	if fi, err := os.Lstat("/dev"); err != nil || !fi.IsDir() {
+		return nil
+	}
+	type kept struct {
+		name string
+		fd   int
+		dir  bool
+	}
+	var keep []kept
+	defer func() {
+		for _, k := range keep {
+			unix.Close(k.fd)
+		}
+	}()
+	for _, n := range devNodes {
+		if fd, err := unix.Open("/dev/"+n, unix.O_PATH|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0); err == nil {
+			keep = append(keep, kept{n, fd, false})
+		}
+	}
+	if fd, err := unix.Open("/dev/pts", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		keep = append(keep, kept{"pts", fd, true})
+	}
+	if err := unix.Mount("tmpfs", "/dev", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0755,size=64k"); err != nil {
+		return fmt.Errorf("confine: cover /dev: %w", err)
+	}
+	for _, k := range keep {
+		p := "/dev/" + k.name
+		var err error
+		if k.dir {
+			err = os.Mkdir(p, 0o755)
+		} else {
+			var f *os.File
+			if f, err = os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err == nil {
+				f.Close()
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("confine: %w", err)
+		}
+		if err := unix.Mount(fdPath(k.fd), p, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("confine: bind %s back: %w", p, err)
+		}
+	}
+	for name, target := range devLinks {
+		if err := os.Symlink(target, "/dev/"+name); err != nil {
+			return fmt.Errorf("confine: %w", err)
+		}
+	}
+	if err := os.Mkdir("/dev/shm", 0o1777); err != nil {
+		return fmt.Errorf("confine: %w", err)
+	}
+	return remount("/dev", unix.MS_RDONLY)
 }
 
 // keptRun are the directories under /run that stay visible: the stub

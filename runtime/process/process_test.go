@@ -914,3 +914,23 @@ func TestNoPrivilegeGainThroughSetuid(t *testing.T) {
 		t.Errorf("a setuid-root program made the workspace's uid %s root again", lines[1])
 	}
 }
+
+// Commands that run as root (uid_separation=false) do not reach the host's
+// block devices: a read-only mount does not stop writes to device nodes, so
+// /dev holds only the harmless ones.
+func TestDevHoldsNoHostDevices(t *testing.T) {
+	rt := openWith(t, "", map[string]string{"uid_separation": "false"})
+	if !strings.Contains(rt.Capabilities().Isolation, "pid") {
+		t.Skipf("no namespaces here: %s", rt.Capabilities().Isolation)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: commands run as root only when the server is root")
+	}
+	ws := workspace(t, rt, none(), "")
+	r := sh(t, rt, ws, "for f in /dev/* /dev/*/*; do test -b $f && echo block $f; done; "+
+		"test -e /dev/loop-control && echo loop-control; echo x > /dev/null && echo null-ok; "+
+		"head -c 4 /dev/zero | wc -c; head -c 4 /dev/urandom | wc -c")
+	if r.stdout != "null-ok\n4\n4\n" {
+		t.Errorf("/dev in the workspace: stdout %q stderr %q", r.stdout, r.stderr)
+	}
+}
