@@ -241,16 +241,34 @@ func (m *Manager) Get(ctx context.Context, userID, id string) (Workspace, error)
 }
 
 // List returns a page of a user's workspaces after the ID after, and the
-// cursor of the next page ("" at the end).
+// cursor of the next page ("" at the end). limit is clamped to the store's
+// page sizes (<= 0: store.DefaultPageSize; at most store.MaxPageSize).
 func (m *Manager) List(ctx context.Context, userID, after string, limit int) ([]Workspace, string, error) {
-	rows, err := m.db.ListWorkspaces(ctx, userID, after, limit+1)
+	switch {
+	case limit <= 0:
+		limit = store.DefaultPageSize
+	case limit > store.MaxPageSize:
+		limit = store.MaxPageSize
+	}
+	rows, err := m.db.ListWorkspaces(ctx, userID, after, limit)
 	if err != nil {
 		return nil, "", err
 	}
-	next := ""
 	if len(rows) > limit {
 		rows = rows[:limit]
-		next = rows[limit-1].ID
+	}
+	next := ""
+	if len(rows) == limit {
+		// A full page: there is a next one if anything follows it. (Asking
+		// the store for limit+1 rows would be clamped at its maximum page
+		// size, and a full page of the maximum would look like the last.)
+		more, err := m.db.ListWorkspaces(ctx, userID, rows[limit-1].ID, 1)
+		if err != nil {
+			return nil, "", err
+		}
+		if len(more) > 0 {
+			next = rows[limit-1].ID
+		}
 	}
 	out := make([]Workspace, 0, len(rows))
 	for _, r := range rows {

@@ -349,3 +349,46 @@ func mustResolve(t *testing.T, c policy.Config) policy.Policy {
 	}
 	return p
 }
+
+// Pages of the store's maximum size still say whether another follows.
+func TestListFullPages(t *testing.T) {
+	h := newProcess(t)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	n := store.MaxPageSize + 1
+	// Rows only: listing reads the store, and a thousand sandboxes would
+	// make the test slow without making it truer.
+	for i := 0; i < n; i++ {
+		row := store.Workspace{ID: store.NewID("ws"), UserID: h.user.ID, Runtime: h.rt.Name(), State: StateStopped,
+			Spec: []byte(`{"policy":{}}`), CreatedAt: now, UpdatedAt: now, LastUsedAt: now}
+		if err := h.db.CreateWorkspace(ctx, row); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer func() {
+		rows, _ := h.db.AllWorkspaces(ctx)
+		for _, r := range rows {
+			_ = h.db.DeleteWorkspace(ctx, r.ID)
+		}
+	}()
+	for _, limit := range []int{store.MaxPageSize, 7, n} {
+		seen, after := 0, ""
+		for pages := 0; ; pages++ {
+			list, next, err := h.mgr.List(ctx, h.user.ID, after, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen += len(list)
+			if next == "" {
+				break
+			}
+			after = next
+			if pages > n {
+				t.Fatal("pagination does not end")
+			}
+		}
+		if seen != n {
+			t.Errorf("limit %d: paged through %d of %d workspaces", limit, seen, n)
+		}
+	}
+}
