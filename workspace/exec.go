@@ -56,18 +56,26 @@ func (c Command) ExecSpec() (runtime.ExecSpec, error) {
 // no command may run longer than the server's maximum. The workspace counts
 // as in use until the command's Process.Wait returns.
 func (m *Manager) Exec(ctx context.Context, userID, id string, spec runtime.ExecSpec) (runtime.Process, error) {
+	// Busy before it is known to be running, so that an idle stop either
+	// ends before ensureRunning looks (which then starts it again) or sees
+	// the command coming and leaves the workspace alone.
+	// Not counted as a use until ownership is checked: another user's
+	// attempt must not keep a workspace from its idle stop.
+	m.begin(id)
 	_, st, err := m.ensureRunning(ctx, userID, id)
 	if err != nil {
+		m.unbegin(id)
 		return nil, err
 	}
+	m.touch(id)
 	max := time.Duration(m.policy.Max.Timeout)
 	if spec.Timeout == 0 {
 		spec.Timeout = time.Duration(st.Policy.Limits.Timeout)
 	}
 	if max > 0 && spec.Timeout > max {
+		m.end(id)
 		return nil, errdefs.Invalid("limit_exceeds_max", "timeout %s exceeds this server's maximum of %s", spec.Timeout, max)
 	}
-	m.begin(id)
 	p, err := m.rt.Exec(ctx, id, spec)
 	if err != nil {
 		m.end(id)
@@ -77,11 +85,19 @@ func (m *Manager) Exec(ctx context.Context, userID, id string, spec runtime.Exec
 }
 
 // begin and end count running commands, so that an idle workspace is never
-// stopped under one, and record the last use.
+// stopped under one; end records the last use. unbegin undoes a begin
+// whose command never started, without recording a use.
 func (m *Manager) begin(id string) {
 	m.mu.Lock()
 	m.busy[id]++
-	m.used[id] = time.Now()
+	m.mu.Unlock()
+}
+
+func (m *Manager) unbegin(id string) {
+	m.mu.Lock()
+	if m.busy[id]--; m.busy[id] <= 0 {
+		delete(m.busy, id)
+	}
 	m.mu.Unlock()
 }
 

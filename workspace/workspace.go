@@ -326,17 +326,20 @@ func (m *Manager) ensureRunning(ctx context.Context, userID, id string) (store.W
 	if err != nil {
 		return row, st, err
 	}
-	if row.State == StateRunning {
-		return row, st, nil
-	}
-	if row.State != StateStopped {
+	if row.State != StateRunning && row.State != StateStopped {
 		return row, st, errdefs.New(errdefs.ErrFailedPrecondition, "workspace_not_ready", "workspace %s is %s", id, row.State)
 	}
+	// Under the lock even when it looks running: an idle stop may be under
+	// way, and returning before it ends would hand the caller a workspace
+	// that is stopped by the time it runs something.
 	unlock := m.lock(id)
 	defer unlock()
 	row, err = m.db.GetWorkspace(ctx, userID, id)
 	if err != nil || row.State == StateRunning {
 		return row, st, err
+	}
+	if row.State != StateStopped {
+		return row, st, errdefs.New(errdefs.ErrFailedPrecondition, "workspace_not_ready", "workspace %s is %s", id, row.State)
 	}
 	if err := m.rt.Start(ctx, id); err != nil {
 		return row, st, fmt.Errorf("start workspace %s: %w", id, err)

@@ -392,3 +392,47 @@ func TestListFullPages(t *testing.T) {
 		}
 	}
 }
+
+// Idle stops racing with commands being started never make a command fail:
+// a command either keeps its workspace running or starts it again.
+func TestIdleStopRacingExec(t *testing.T) {
+	h := newProcess(t)
+	ctx := context.Background()
+	ws, err := h.mgr.Create(ctx, h.user, Spec{Limits: policy.Limits{IdleTimeout: policy.Duration(time.Second)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	swept := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				swept <- nil
+				return
+			default:
+			}
+			h.mgr.flushUsed(ctx)
+			// Everything looks idle from an hour ahead.
+			if err := h.mgr.sweep(ctx, time.Now().Add(time.Hour)); err != nil {
+				swept <- err
+				return
+			}
+		}
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	n := 0
+	for time.Now().Before(deadline) {
+		n++
+		res, err := h.mgr.Execute(ctx, h.user, ws.ID, ExecuteRequest{Command: Command{Argv: []string{"true"}}})
+		if err != nil || res.ExitCode != 0 {
+			close(stop)
+			<-swept
+			t.Fatalf("command %d: %+v, %v", n, res, err)
+		}
+	}
+	close(stop)
+	if err := <-swept; err != nil {
+		t.Fatalf("sweep: %v", err)
+	}
+}
