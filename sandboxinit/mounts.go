@@ -19,8 +19,9 @@ import (
 //     writable;
 //   - every other mount is remounted read-only (keeping the flags that a
 //     user namespace locks: nosuid, nodev, noexec, atime);
-//   - hide (the runtime's data directory, holding other workspaces and the
-//     supervisors' sockets) loses the mounts below it and is covered by an
+//   - each of hide (the runtime's data directory, holding other workspaces
+//     and the supervisors' sockets; the directory of every workspace's
+//     egress proxy socket) loses the mounts below it and is covered by an
 //     empty tmpfs;
 //   - /tmp and /dev/shm are fresh, private tmpfs (of tmpSize bytes each if
 //     set; their pages are charged to the writer's memory cgroup anyway);
@@ -33,7 +34,7 @@ import (
 //
 // Commands still read the host's files outside hide (they run the host's
 // programs); they can write only to home, /tmp and /dev/shm.
-func confine(home, hide, proxy string, tmpSize int64) error {
+func confine(home string, hide []string, proxy string, tmpSize int64) error {
 	if home == "" {
 		return errors.New("confine: no home directory given")
 	}
@@ -56,8 +57,9 @@ func confine(home, hide, proxy string, tmpSize int64) error {
 		}
 		defer unix.Close(proxyFD)
 	}
-	if hide != "" {
-		if err := detachUnder(hide, home); err != nil {
+	hide = outermost(hide)
+	for _, h := range hide {
+		if err := detachUnder(h, home); err != nil {
 			return err
 		}
 	}
@@ -73,9 +75,12 @@ func confine(home, hide, proxy string, tmpSize int64) error {
 			return err
 		}
 	}
-	if hide != "" {
-		if err := unix.Mount("tmpfs", hide, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=1m"); err != nil {
-			return fmt.Errorf("confine: cover %s: %w", hide, err)
+	for _, h := range hide {
+		if err := unix.Mount("tmpfs", h, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=1m"); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue // nothing there to hide
+			}
+			return fmt.Errorf("confine: cover %s: %w", h, err)
 		}
 	}
 	// /dev: the host's device nodes (disks, loop devices of other
@@ -188,6 +193,31 @@ func minimalDev() error {
 		return fmt.Errorf("confine: %w", err)
 	}
 	return remount("/dev", unix.MS_RDONLY)
+}
+
+// outermost cleans dirs and drops the empty ones, "/" (never hidden),
+// duplicates and those inside another: covering the outer one hides them already (and their
+// paths no longer exist to mount on).
+func outermost(dirs []string) []string {
+	var out []string
+	for _, d := range dirs {
+		if d == "" || filepath.Clean(d) == "/" {
+			continue
+		}
+		out = append(out, filepath.Clean(d))
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) < len(out[j]) })
+	var keep []string
+next:
+	for _, d := range out {
+		for _, k := range keep {
+			if d == k || strings.HasPrefix(d, k+"/") {
+				continue next
+			}
+		}
+		keep = append(keep, d)
+	}
+	return keep
 }
 
 // keptRun are the directories under /run that stay visible: the stub

@@ -34,12 +34,13 @@ type Flags struct {
 	Check    bool   // set up as for Serve, report, and exit: probes what the host allows
 	// Confine (with Proc, in a new mount namespace) limits what commands
 	// can touch of the host's file system: every mount is made read-only,
-	// Hide (the runtime's data directory: other workspaces, sockets) is
+	// Hide (the runtime's data directory: other workspaces, sockets; the
+	// egress proxy's socket directory) are
 	// covered by an empty tmpfs and its mounts detached, /tmp and /dev/shm
 	// are fresh tmpfs, and Home alone stays writable (see confine).
 	Confine bool
 	Home    string
-	Hide    string
+	Hide    []string
 	TmpSize int64 // size of the /tmp and /dev/shm tmpfs in bytes; 0 = the kernel's default (half of RAM)
 	// Cgroups are the cgroup directories every command starts in (one per
 	// v1 hierarchy, or one v2 directory with CgroupV2). The supervisor
@@ -83,8 +84,8 @@ func (f Flags) Args() []string {
 	if f.Home != "" {
 		a = append(a, "--home", f.Home)
 	}
-	if f.Hide != "" {
-		a = append(a, "--hide", f.Hide)
+	for _, h := range f.Hide {
+		a = append(a, "--hide", h)
 	}
 	if f.TmpSize > 0 {
 		a = append(a, "--tmp-size", fmt.Sprint(f.TmpSize))
@@ -117,7 +118,10 @@ func parseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.BoolVar(&f.Confine, "confine", false, "with --proc: read-only host file system, fresh /tmp, writable --home only")
 	fs.StringVar(&f.Home, "home", "", "the workspace directory, kept writable")
 	fs.Int64Var(&f.TmpSize, "tmp-size", 0, "with --confine, size of /tmp and /dev/shm in bytes")
-	fs.StringVar(&f.Hide, "hide", "", "cover this directory with an empty tmpfs (keeping --home and --proxy reachable)")
+	fs.Func("hide", "cover this directory with an empty tmpfs, keeping --home and --proxy reachable (repeatable)", func(v string) error {
+		f.Hide = append(f.Hide, v)
+		return nil
+	})
 	fs.Func("cgroup", "start commands in this cgroup directory (repeatable: one per v1 hierarchy)", func(v string) error {
 		f.Cgroups = append(f.Cgroups, v)
 		return nil

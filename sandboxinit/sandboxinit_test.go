@@ -13,7 +13,7 @@ func TestFlagsRoundTrip(t *testing.T) {
 	for _, f := range []Flags{
 		{},
 		{Serve: "/d/s.sock", ReadyFD: 3, Proc: true, Loopback: true, Hostname: "ws_1", NoFile: 1024,
-			Proxy: "/p.sock", Confine: true, Home: "/d/w/home", Hide: "/d", TmpSize: 1 << 20,
+			Proxy: "/p.sock", Confine: true, Home: "/d/w/home", Hide: []string{"/d", "/p"}, TmpSize: 1 << 20,
 			Cgroups: []string{"/sys/fs/cgroup/memory/corral/ws_1", "/sys/fs/cgroup/pids/corral/ws_1"}},
 		{Check: true, Cgroups: []string{"/sys/fs/cgroup/corral/x"}, CgroupV2: true},
 	} {

@@ -334,7 +334,7 @@ func (d *Driver) probeNamespaces(root bool) nsConfig {
 		if err := os.MkdirAll(home, 0o755); err != nil {
 			return err
 		}
-		flags := sandboxinit.Flags{Check: true, Proc: true, Confine: true, Home: home, Hide: d.dataDir, Loopback: net, Hostname: "corral-probe"}
+		flags := sandboxinit.Flags{Check: true, Proc: true, Confine: true, Home: home, Hide: []string{d.dataDir}, Loopback: net, Hostname: "corral-probe"}
 		cmd := exec.Command(d.initPath, append([]string{"init"}, flags.Args()...)...)
 		cmd.SysProcAttr = d.sysProcAttr(net, true)
 		out, err := cmd.CombinedOutput()
@@ -633,12 +633,19 @@ func (d *Driver) start(ctx context.Context, m *meta) (err error) {
 		flags.Hostname = id
 		flags.Confine = true
 		flags.Home = home
-		flags.Hide = d.dataDir
+		flags.Hide = []string{d.dataDir}
 		// A disk limit caps the scratch space too.
 		flags.TmpSize = int64(m.Policy.Limits.Disk)
 	}
 	if m.Policy.Network.Mode == policy.NetworkAllowlist {
 		flags.Proxy = m.ProxySocket
+		// The proxy keeps every workspace's socket in a directory of its
+		// own under one parent (policy.Proxy.Dir): hide the parent, so that
+		// only this workspace's socket (bound back by confine) is
+		// reachable, not another's with a longer allowlist.
+		if d.ns.ok {
+			flags.Hide = append(flags.Hide, filepath.Dir(filepath.Dir(m.ProxySocket)))
+		}
 	}
 	if d.cg != nil {
 		// Commands start in the cgroups; the supervisor stays out, so

@@ -934,3 +934,38 @@ func TestDevHoldsNoHostDevices(t *testing.T) {
 		t.Errorf("/dev in the workspace: stdout %q stderr %q", r.stdout, r.stderr)
 	}
 }
+
+// An allowlist workspace reaches its own egress proxy socket only, not the
+// sockets of other workspaces next to it (which carry their allowlists).
+func TestAllowlistReachesOnlyItsOwnProxy(t *testing.T) {
+	rt := open(t, "")
+	need(t, rt, rt.Capabilities().Policy.SupportsNetwork(policy.NetworkAllowlist), "network allowlist")
+	if !strings.Contains(rt.Capabilities().Isolation, "pid") {
+		t.Skipf("no namespaces here: %s", rt.Capabilities().Isolation)
+	}
+	// Outside /tmp, which is private in the sandbox anyway.
+	dir, err := os.MkdirTemp("/var/tmp", "cp-")
+	if err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	proxy := &policy.Proxy{Dir: dir}
+	t.Cleanup(func() { proxy.Shutdown(context.Background()) })
+	pol := policy.Policy{Network: policy.Network{Mode: policy.NetworkAllowlist, AllowedHosts: []string{"example.com"}}}
+	mine, err := proxy.Open("ws_pt_own_"+strconv.Itoa(os.Getpid()), pol.Network.AllowedHosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := proxy.Open("ws_pt_other_"+strconv.Itoa(os.Getpid()), []string{"0.0.0.0/0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := workspace(t, rt, pol, mine)
+	r := sh(t, rt, ws, fmt.Sprintf("test -S %s && echo own; test -e %s && echo other; ls %s", mine, other, dir))
+	if r.stdout != "own\n"+filepath.Base(filepath.Dir(mine))+"\n" {
+		t.Errorf("proxy sockets seen from the workspace: stdout %q stderr %q", r.stdout, r.stderr)
+	}
+}
