@@ -77,6 +77,7 @@ type Driver struct {
 	uidSep    bool        // commands run as a per-workspace unprivileged uid
 	uidWhy    string      // why not, if not
 	uidSepOff bool        // option uid_separation=false
+	hide      []string    // option hide: more host directories sandboxes must not see
 
 	mu       sync.Mutex
 	children map[string]*supervisorProc // supervisors this driver started (it must reap them)
@@ -132,7 +133,10 @@ var idRE = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
 // cannot be found. Option "namespaces" ("true" by default) set to "false"
 // runs supervisors without namespaces: then only network mode open is
 // available. Option "uid_separation" ("true" by default) set to "false"
-// runs commands as root when the server is root (see sandboxUID).
+// runs commands as root when the server is root (see sandboxUID). Option
+// "hide" lists (colon-separated) more host directories that sandboxes must
+// not see, covered like DataDir: the server's own data directory (its
+// database, keys, and every workspace's egress proxy socket) belongs there.
 func New(cfg runtime.Config) (runtime.Runtime, error) {
 	if cfg.DataDir == "" {
 		return nil, errdefs.Invalid("invalid_config", "process runtime: DataDir is required")
@@ -181,6 +185,14 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 			return nil, errdefs.Invalid("invalid_config", "process runtime: option uid_separation=%q is not a boolean", v)
 		}
 		d.uidSepOff = !on
+	}
+	if v := cfg.Options["hide"]; v != "" {
+		for _, p := range filepath.SplitList(v) {
+			if !filepath.IsAbs(p) || filepath.Clean(p) == "/" {
+				return nil, errdefs.Invalid("invalid_config", "process runtime: option hide: %q is not an absolute directory other than /", p)
+			}
+			d.hide = append(d.hide, filepath.Clean(p))
+		}
 	}
 	d.probe(noNS)
 	d.log.Info("process runtime ready", "data_dir", dataDir, "isolation", d.caps.Isolation,
@@ -633,7 +645,7 @@ func (d *Driver) start(ctx context.Context, m *meta) (err error) {
 		flags.Hostname = id
 		flags.Confine = true
 		flags.Home = home
-		flags.Hide = []string{d.dataDir}
+		flags.Hide = append([]string{d.dataDir}, d.hide...)
 		// A disk limit caps the scratch space too.
 		flags.TmpSize = int64(m.Policy.Limits.Disk)
 	}

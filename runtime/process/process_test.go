@@ -969,3 +969,30 @@ func TestAllowlistReachesOnlyItsOwnProxy(t *testing.T) {
 		t.Errorf("proxy sockets seen from the workspace: stdout %q stderr %q", r.stdout, r.stderr)
 	}
 }
+
+// Option hide covers more host directories (the server's data directory,
+// with every workspace's proxy socket) in every sandbox.
+func TestOptionHide(t *testing.T) {
+	dir, err := os.MkdirTemp("/var/tmp", "corral-hide-")
+	if err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "secret"), []byte("s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rt := openWith(t, "", map[string]string{"hide": dir})
+	if !strings.Contains(rt.Capabilities().Isolation, "pid") {
+		t.Skipf("no namespaces here: %s", rt.Capabilities().Isolation)
+	}
+	ws := workspace(t, rt, none(), "")
+	if r := sh(t, rt, ws, "ls -A "+dir+"; echo home > f && cat f"); r.stdout != "home\n" {
+		t.Errorf("hidden directory seen from the workspace: stdout %q stderr %q", r.stdout, r.stderr)
+	}
+	if _, err := process.New(runtime.Config{DataDir: t.TempDir(), InitPath: initPath(t), Options: map[string]string{"hide": "relative"}}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("hide=relative: %v", err)
+	}
+}
