@@ -2,9 +2,11 @@ package workspace
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
 )
@@ -113,25 +115,31 @@ func (m *Manager) flushUsed(ctx context.Context) {
 	}
 }
 
-// sweep stops idle workspaces and deletes expired ones.
+// sweep stops idle workspaces and deletes expired ones. A workspace that
+// fails does not hold up the others: their errors are returned together.
 func (m *Manager) sweep(ctx context.Context, now time.Time) error {
 	rows, err := m.db.AllWorkspaces(ctx)
 	if err != nil {
 		return err
 	}
+	var errs []error
 	for _, row := range rows {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if row.Runtime != m.rt.Name() {
 			continue
 		}
 		st, err := decode(row)
 		if err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
 		l := st.Policy.Limits
 		if l.Lifetime > 0 && now.Sub(row.CreatedAt) > time.Duration(l.Lifetime) && row.State != StateDeleting {
 			m.log.Info("workspace reached its lifetime; deleting", "workspace_id", row.ID)
-			if err := m.Delete(ctx, row.UserID, row.ID); err != nil {
-				return err
+			if err := m.Delete(ctx, row.UserID, row.ID); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+				errs = append(errs, err)
 			}
 			continue
 		}
@@ -139,10 +147,10 @@ func (m *Manager) sweep(ctx context.Context, now time.Time) error {
 			continue
 		}
 		if err := m.stopIdle(ctx, row.ID, time.Duration(l.IdleTimeout)); err != nil {
-			return err
+			errs = append(errs, err)
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (m *Manager) stopIdle(ctx context.Context, id string, idle time.Duration) error {
@@ -154,7 +162,18 @@ func (m *Manager) stopIdle(ctx context.Context, id string, idle time.Duration) e
 	if busy || time.Since(last) < idle {
 		return nil
 	}
-	if err := m.rt.Stop(ctx, id); err != nil {
+	// It may have been deleted or stopped since the sweep read it.
+	row, err := m.db.Workspace(ctx, id)
+	if errors.Is(err, errdefs.ErrNotFound) || (err == nil && row.State != StateRunning) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := m.rt.Stop(ctx, id); errors.Is(err, errdefs.ErrNotFound) {
+		m.log.Warn("sandbox of running workspace vanished", "workspace_id", id)
+		return m.db.SetWorkspaceState(ctx, id, StateError, "sandbox vanished")
+	} else if err != nil {
 		return fmt.Errorf("stop idle workspace %s: %w", id, err)
 	}
 	m.log.Info("stopped idle workspace", "workspace_id", id)

@@ -436,3 +436,33 @@ func TestIdleStopRacingExec(t *testing.T) {
 		t.Fatalf("sweep: %v", err)
 	}
 }
+
+// One workspace the sweep cannot handle does not keep the others from being
+// stopped when idle.
+func TestSweepGoesOnPastAFailure(t *testing.T) {
+	h := newProcess(t)
+	ctx := context.Background()
+	spec := Spec{Limits: policy.Limits{IdleTimeout: policy.Duration(time.Second)}}
+	broken, err := h.mgr.Create(ctx, h.user, spec, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle, err := h.mgr.Create(ctx, h.user, spec, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idle.ID < broken.ID { // the sweep meets the broken one first
+		idle, broken = broken, idle
+	}
+	// The sandbox goes away behind the server's back.
+	if err := h.rt.Remove(ctx, broken.ID); err != nil {
+		t.Fatal(err)
+	}
+	_ = h.mgr.sweep(ctx, time.Now().Add(time.Hour))
+	if s := h.state(t, idle.ID); s != StateStopped {
+		t.Errorf("idle workspace after the sweep: %s, want stopped", s)
+	}
+	if s := h.state(t, broken.ID); s != StateError {
+		t.Errorf("workspace whose sandbox vanished: %s, want error", s)
+	}
+}
