@@ -33,7 +33,18 @@ type histogram struct {
 
 func newMetrics() *metrics { return &metrics{start: time.Now(), reqs: map[reqKey]*histogram{}} }
 
+// knownMethods are the methods kept as labels; any other is counted as
+// OTHER, so that clients cannot grow the metrics without bound by making
+// up methods (the label set is kept forever, before authentication).
+var knownMethods = map[string]bool{
+	http.MethodGet: true, http.MethodHead: true, http.MethodPost: true, http.MethodPut: true,
+	http.MethodPatch: true, http.MethodDelete: true, http.MethodOptions: true,
+}
+
 func (m *metrics) observe(method, route string, status int, d time.Duration) {
+	if !knownMethods[method] {
+		method = "OTHER"
+	}
 	sec := d.Seconds()
 	m.mu.Lock()
 	defer m.mu.Unlock()
