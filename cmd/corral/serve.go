@@ -207,6 +207,11 @@ func policyConfig(c serveConfig) (policy.Config, error) {
 			return pol, fmt.Errorf("--%s: %w", x.name, err)
 		}
 	}
+	// A request that sets nothing gets the defaults: if they cannot be
+	// resolved, every create would fail with an error blaming the client.
+	if _, err := pol.Resolve(policy.Policy{}); err != nil {
+		return pol, fmt.Errorf("--default-network / --default-limits: %w", err)
+	}
 	return pol, nil
 }
 
