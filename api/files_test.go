@@ -1,7 +1,10 @@
 package api_test
 
 import (
+	"archive/tar"
+	"bytes"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -27,4 +30,24 @@ func TestFileNamesArePercentDecodedOnce(t *testing.T) {
 		}
 	}
 	e.wantError(e.alice, "GET", base+"aAb", nil, http.StatusNotFound, "not_found")
+}
+
+// A tar over the workspace's upload limit is a 413 too_large on every
+// runtime, whatever the driver makes of the cut-off stream.
+func TestArchiveOverLimitIsTooLarge(t *testing.T) {
+	for _, be := range append([]backend{processBackend}, engineBackends...) {
+		t.Run(be.name, func(t *testing.T) {
+			e := newEnv(t, be)
+			ws := e.createWorkspace(e.alice, map[string]any{"limits": map[string]any{"upload": "4KiB"}})
+			var buf bytes.Buffer
+			tw := tar.NewWriter(&buf)
+			data := strings.Repeat("x", 20000)
+			if err := tw.WriteHeader(&tar.Header{Name: "big", Size: int64(len(data)), Mode: 0o644, Typeflag: tar.TypeReg}); err != nil {
+				t.Fatal(err)
+			}
+			tw.Write([]byte(data))
+			tw.Close()
+			e.wantError(e.alice, "PUT", "/workspaces/"+ws.ID+"/archive", buf.Bytes(), http.StatusRequestEntityTooLarge, "too_large")
+		})
+	}
 }

@@ -280,10 +280,17 @@ func (m *Manager) ArchiveIn(ctx context.Context, userID, id, p string, r io.Read
 	}
 	m.touch(id)
 	limit := int64(st.Policy.Limits.Upload)
-	if limit > 0 {
-		r = &limitedReader{r: r, left: limit, limit: limit}
+	if limit <= 0 {
+		return m.rt.CopyIn(ctx, id, clean, r)
 	}
-	return m.rt.CopyIn(ctx, id, clean, r)
+	lr := &limitedReader{r: r, left: limit, limit: limit}
+	err = m.rt.CopyIn(ctx, id, clean, lr)
+	if err != nil && lr.exceeded {
+		// Drivers wrap a reader's error in their own (e.g. "invalid tar");
+		// the client must still learn that the upload was too large.
+		return tooLarge(limit)
+	}
+	return err
 }
 
 // limitedReader fails with ErrTooLarge, rather than a silent EOF, once more
@@ -291,12 +298,14 @@ func (m *Manager) ArchiveIn(ctx context.Context, userID, id, p string, r io.Read
 type limitedReader struct {
 	r           io.Reader
 	left, limit int64
+	exceeded    bool
 }
 
 func (l *limitedReader) Read(p []byte) (int, error) {
 	if l.left <= 0 {
 		var one [1]byte
 		if n, _ := l.r.Read(one[:]); n > 0 {
+			l.exceeded = true
 			return 0, tooLarge(l.limit)
 		}
 		return 0, io.EOF
