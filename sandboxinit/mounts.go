@@ -45,6 +45,9 @@ func confine(home string, hide []string, proxy string, tmpSize int64) error {
 	if err := remount(home, unix.MS_NOSUID|unix.MS_NODEV); err != nil {
 		return err
 	}
+	if err := protectProc(); err != nil {
+		return err
+	}
 	homeFD, err := unix.Open(home, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("confine: open %s: %w", home, err)
@@ -122,6 +125,28 @@ func confine(home string, hide []string, proxy string, tmpSize int64) error {
 			if err := unix.Mount(fdPath(proxyFD), proxyDir, "", unix.MS_BIND, ""); err != nil {
 				return fmt.Errorf("confine: bind proxy socket directory back: %w", err)
 			}
+		}
+	}
+	return nil
+}
+
+// procReadOnly are the parts of the fresh /proc that reach the host's
+// kernel rather than the sandbox's namespaces (Docker's read-only paths):
+// writable, they let root set kernel.core_pattern or kernel.modprobe to a
+// program the kernel then runs as the host's root, or reboot the host.
+var procReadOnly = []string{"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"}
+
+// protectProc binds each of procReadOnly onto itself, read-only.
+func protectProc() error {
+	for _, p := range procReadOnly {
+		if _, err := os.Lstat(p); err != nil {
+			continue
+		}
+		if err := unix.Mount(p, p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("confine: bind %s: %w", p, err)
+		}
+		if err := remount(p, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC); err != nil {
+			return err
 		}
 	}
 	return nil

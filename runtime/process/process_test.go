@@ -996,3 +996,23 @@ func TestOptionHide(t *testing.T) {
 		t.Errorf("hide=relative: %v", err)
 	}
 }
+
+// Commands that run as root (uid_separation=false) cannot write the host's
+// kernel settings through /proc: core_pattern or kernel.modprobe name a
+// program the kernel runs as the host's root, and sysrq-trigger reboots it.
+// (access(2) is asked, nothing is written.)
+func TestProcKernelSettingsReadOnly(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: commands run as root only when the server is root")
+	}
+	rt := openWith(t, "", map[string]string{"uid_separation": "false"})
+	if !strings.Contains(rt.Capabilities().Isolation, "pid") {
+		t.Skipf("no namespaces here: %s", rt.Capabilities().Isolation)
+	}
+	ws := workspace(t, rt, none(), "")
+	r := sh(t, rt, ws, "id -u; for f in /proc/sys/kernel/core_pattern /proc/sys/kernel/modprobe /proc/sysrq-trigger /proc/sys/vm/drop_caches; do "+
+		"test -e $f || continue; test -w $f && echo writable $f; done; cat /proc/sys/kernel/ostype; echo $$ >/dev/null; test -r /proc/self/status && echo proc-ok")
+	if r.stdout != "0\nLinux\nproc-ok\n" {
+		t.Errorf("/proc in the workspace: stdout %q stderr %q", r.stdout, r.stderr)
+	}
+}
