@@ -25,13 +25,12 @@ func userFrom(ctx context.Context) store.User {
 	return u
 }
 
-// keyFrom reads the API key from Authorization: Bearer or X-Session-API-Key.
+// keyFrom reads the API key from Authorization: Bearer (the scheme is
+// case-insensitive, RFC 9110) or else X-Session-API-Key.
 func keyFrom(r *http.Request) string {
-	if h := r.Header.Get("Authorization"); h != "" {
-		if k, ok := strings.CutPrefix(h, "Bearer "); ok {
-			return strings.TrimSpace(k)
-		}
-		return ""
+	const scheme = "bearer "
+	if h := r.Header.Get("Authorization"); len(h) > len(scheme) && strings.EqualFold(h[:len(scheme)], scheme) {
+		return strings.TrimSpace(h[len(scheme):])
 	}
 	return strings.TrimSpace(r.Header.Get("X-Session-API-Key"))
 }
