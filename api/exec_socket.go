@@ -84,10 +84,14 @@ func (s *Server) execSocket(w http.ResponseWriter, r *http.Request) {
 	spec.Stdin = stdin
 	spec.TTY = start.TTY
 	spec.Size = runtime.WindowSize{Cols: start.Cols, Rows: start.Rows}
-	spec.Stdout = &frameWriter{kind: "stdout", send: send}
-	spec.Stderr = &frameWriter{kind: "stderr", send: send}
+	// Output waits for "started" to be sent: a fast command writes before
+	// Exec returns, and clients expect started first.
+	started := make(chan struct{})
+	spec.Stdout = &frameWriter{kind: "stdout", send: send, started: started}
+	spec.Stderr = &frameWriter{kind: "stderr", send: send, started: started}
 	proc, err := s.workspaces.Exec(ctx, user.ID, id, spec)
 	if err != nil {
+		close(started)
 		fail(err)
 		return
 	}
@@ -99,6 +103,7 @@ func (s *Server) execSocket(w http.ResponseWriter, r *http.Request) {
 	if err := send(ExecServerFrame{Type: "started"}); err != nil {
 		cancel()
 	}
+	close(started)
 	res, err := proc.Wait()
 	if err != nil {
 		fail(err)
@@ -170,14 +175,17 @@ func readFrame(ctx context.Context, conn *websocket.Conn, v any) error {
 	return json.Unmarshal(b, v)
 }
 
-// frameWriter sends what a command writes as stdout or stderr frames.
+// frameWriter sends what a command writes as stdout or stderr frames, once
+// started is closed.
 type frameWriter struct {
-	kind string
-	send func(ExecServerFrame) error
-	mu   sync.Mutex
+	kind    string
+	send    func(ExecServerFrame) error
+	started <-chan struct{}
+	mu      sync.Mutex
 }
 
 func (w *frameWriter) Write(p []byte) (int, error) {
+	<-w.started
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if err := w.send(ExecServerFrame{Type: w.kind, Data: p}); err != nil {
