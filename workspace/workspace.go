@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -118,6 +119,10 @@ func validateEnv(env map[string]string) error {
 	for k, v := range env {
 		if !envKey.MatchString(k) {
 			return errdefs.Invalid("invalid_env", "environment variable name %q is not valid", k)
+		}
+		if strings.ContainsRune(v, 0) {
+			// No exec can pass it: every command would fail.
+			return errdefs.Invalid("invalid_env", "environment variable %q contains a NUL byte", k)
 		}
 		if len(k)+len(v) > 32<<10 {
 			return errdefs.Invalid("invalid_env", "environment variable %q is too long", k)

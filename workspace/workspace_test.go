@@ -132,6 +132,7 @@ func TestCreateRefusedLeavesNothing(t *testing.T) {
 	for name, spec := range map[string]Spec{
 		"over max":    {Limits: policy.Limits{Memory: 1 << 40}},
 		"bad env":     {Env: map[string]string{"1BAD": "x"}},
+		"NUL in env":  {Env: map[string]string{"A": "x\x00y"}},
 		"bad network": {Network: policy.Network{Mode: "open", AllowedHosts: []string{"example.com"}}},
 	} {
 		_, err := h.mgr.Create(ctx, h.user, spec, nil)
@@ -140,6 +141,10 @@ func TestCreateRefusedLeavesNothing(t *testing.T) {
 		}
 	}
 	h.wantNothingLeft(t)
+	_, err := Command{Command: "true", Env: map[string]string{"A": "x\x00y"}}.ExecSpec()
+	if errdefs.Code(err) != "invalid_env" {
+		t.Errorf("command env with NUL: %v, want invalid_env", err)
+	}
 }
 
 func TestCreateUnenforceableLimitLeavesNothing(t *testing.T) {
