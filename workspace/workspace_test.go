@@ -471,3 +471,18 @@ func TestSweepGoesOnPastAFailure(t *testing.T) {
 		t.Errorf("workspace whose sandbox vanished: %s, want error", s)
 	}
 }
+
+// A create the runtime itself refuses (here a CPU share too small for the
+// cgroup, which the policy layer lets through today) leaves nothing.
+func TestCreateRuntimeFailureLeavesNothing(t *testing.T) {
+	h := newProcess(t)
+	_, err := h.mgr.Create(context.Background(), h.user, Spec{
+		Limits:  policy.Limits{CPUs: 0.0001},
+		Network: policy.Network{Mode: policy.NetworkAllowlist, AllowedHosts: []string{"example.com"}},
+	}, nil)
+	if err == nil {
+		t.Skip("the runtime accepted a tiny CPU share; nothing failed")
+	}
+	t.Logf("create: %v", err)
+	h.wantNothingLeft(t)
+}
