@@ -314,8 +314,9 @@ func sandboxUID(id string) uint32 {
 // probeUIDSeparation decides whether commands can run as sandboxUID: the
 // server must be root, supervisors confined (namespaces), option
 // "uid_separation" not "false", and the workspace paths reachable by an
-// unprivileged user inside the confinement (directories above DataDir
-// searchable by others, except under /tmp, which confinement replaces).
+// unprivileged user inside the confinement (directories above DataDir, or
+// above the hidden directory holding it (option hide), searchable by
+// others, except under /tmp, which confinement replaces).
 func (d *Driver) probeUIDSeparation(root bool) (bool, string) {
 	switch {
 	case !root:
@@ -325,7 +326,16 @@ func (d *Driver) probeUIDSeparation(root bool) (bool, string) {
 	case d.uidSepOff:
 		return false, "turned off by option uid_separation=false"
 	}
-	for dir := filepath.Dir(d.dataDir); dir != "/"; dir = filepath.Dir(dir) {
+	// Inside the sandbox a hidden directory is a fresh tmpfs (mode 0755)
+	// with the workspace's home bound back below it: only the directories
+	// above the outermost hidden one that holds DataDir must be searchable.
+	top := d.dataDir
+	for _, h := range d.hide {
+		if strings.HasPrefix(d.dataDir, h+"/") && len(h) < len(top) {
+			top = h
+		}
+	}
+	for dir := filepath.Dir(top); dir != "/"; dir = filepath.Dir(dir) {
 		if dir == "/tmp" || strings.HasPrefix(dir, "/tmp/") {
 			continue
 		}

@@ -1016,3 +1016,41 @@ func TestProcKernelSettingsReadOnly(t *testing.T) {
 		t.Errorf("/proc in the workspace: stdout %q stderr %q", r.stdout, r.stderr)
 	}
 }
+
+// A server data directory that only root can enter (0700, as `corral
+// serve` makes it) does not turn uid separation off when it is hidden in
+// sandboxes (option hide): inside, a fresh tmpfs stands in its place.
+func TestUIDSeparationUnderPrivateHiddenDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	top, err := os.MkdirTemp("/var/tmp", "corral-priv-")
+	if err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(top) })
+	if err := os.Chmod(top, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	dataDir := filepath.Join(top, "runtime", "process")
+	if err := os.MkdirAll(dataDir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if iso := openWith(t, dataDir, nil).Capabilities().Isolation; !strings.Contains(iso, "not searchable") && !strings.Contains(iso, "no namespaces") {
+		t.Logf("without hide: %s", iso)
+	}
+	rt := openWith(t, dataDir, map[string]string{"hide": top})
+	iso := rt.Capabilities().Isolation
+	if !strings.Contains(iso, "pid") {
+		t.Skipf("no namespaces here: %s", iso)
+	}
+	if !strings.Contains(iso, "unprivileged uid") {
+		t.Fatalf("uid separation is off: %s", iso)
+	}
+	ws := workspace(t, rt, none(), "")
+	r := sh(t, rt, ws, "id -u; echo hi > f && cat f; ls -A "+top)
+	lines := strings.Split(r.stdout, "\n")
+	if len(lines) < 2 || lines[0] == "0" || lines[1] != "hi" {
+		t.Errorf("in the workspace: stdout %q stderr %q", r.stdout, r.stderr)
+	}
+}
