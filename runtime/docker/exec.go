@@ -434,9 +434,17 @@ func containsEnv(environ, entry []byte) bool {
 // command's processes by their marker and signals each, and waits for that
 // to be done.
 func (p *process) signalInside(ctx context.Context, sig syscall.Signal) error {
-	script := fmt.Sprintf(`for d in /proc/[0-9]*; do p=${d#/proc/}; [ "$p" = "$$" ] && continue; `+
-		`if tr '\000' '\n' <"$d/environ" 2>/dev/null | grep -qx '%s=%s'; then kill -%d "$p" 2>/dev/null; fi; done; exit 0`,
-		execMarkerEnv, p.marker, int(sig))
+	// The processes are found first and, for SIGKILL, stopped before any
+	// is killed: a shell whose child dies first would otherwise carry on
+	// (and could exit 0) before its own turn comes.
+	stop := ""
+	if sig == syscall.SIGKILL {
+		stop = `kill -STOP $ps 2>/dev/null; `
+	}
+	script := fmt.Sprintf(`ps=; for d in /proc/[0-9]*; do p=${d#/proc/}; [ "$p" = "$$" ] && continue; `+
+		`if tr '\000' '\n' <"$d/environ" 2>/dev/null | grep -qx '%s=%s'; then ps="$ps $p"; fi; done; `+
+		`[ -z "$ps" ] && exit 0; %skill -%d $ps 2>/dev/null; exit 0`,
+		execMarkerEnv, p.marker, stop, int(sig))
 	res, err := p.d.cli.ExecCreate(ctx, p.container, client.ExecCreateOptions{Cmd: []string{"/bin/sh", "-c", script}, AttachStdout: true, AttachStderr: true})
 	if err != nil {
 		if isConflict(err) || isNotFound(err) {
