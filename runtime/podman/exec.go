@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"net/http"
@@ -460,7 +461,32 @@ func (p *process) Resize(ctx context.Context, size runtime.WindowSize) error {
 		}
 		return fmt.Errorf("resize terminal in %s: %w", p.id, mapErr(err))
 	}
+	p.awaitSize(ctx, size)
 	return nil
+}
+
+// awaitSize waits (briefly) until the command's terminal has the size just
+// asked for: the service hands the resize to conmon asynchronously, so
+// without this a command run right after Resize may still see the old size.
+// Where the host cannot open the terminal, it returns at once.
+func (p *process) awaitSize(ctx context.Context, size runtime.WindowSize) {
+	pid, err := p.hostPID(ctx)
+	if err != nil || pid == 0 {
+		return
+	}
+	fd, err := unix.Open(fmt.Sprintf("/proc/%d/fd/0", pid), unix.O_RDONLY|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		ws, err := unix.IoctlGetWinsize(fd, unix.TIOCGWINSZ)
+		if err != nil || (ws.Col == size.Cols && ws.Row == size.Rows) {
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // oomControl returns the host path of the memory.oom_control file of the
