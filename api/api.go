@@ -37,8 +37,13 @@ type Server struct {
 	metrics       *metrics
 }
 
-// New returns a Server.
+// New returns a Server. With conversations it also makes a workspace's
+// deletion (by a client or at the end of its lifetime) delete its
+// conversations first, their agents stopped.
 func New(cfg Config) *Server {
+	if cfg.Conversations != nil && cfg.Workspaces != nil {
+		cfg.Workspaces.OnDelete(cfg.Conversations.DeleteInWorkspace)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()

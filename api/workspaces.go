@@ -62,15 +62,7 @@ func (s *Server) getWorkspace(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteWorkspace(w http.ResponseWriter, r *http.Request) {
-	user, id := userFrom(r.Context()), chi.URLParam(r, "id")
-	if s.conversations != nil {
-		// Its conversations go with it (their agents stopped first).
-		if err := s.conversations.DeleteInWorkspace(r.Context(), user.ID, id); err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-	}
-	if err := s.workspaces.Delete(r.Context(), user.ID, id); err != nil {
+	if err := s.workspaces.Delete(r.Context(), userFrom(r.Context()).ID, chi.URLParam(r, "id")); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

@@ -130,6 +130,9 @@ func (c Config) Resolve(req Policy) (Policy, error) {
 	if l.CPUs < 0 || l.Pids < 0 || l.NoFile < 0 {
 		return Policy{}, errdefs.Invalid("invalid_limit", "limits must not be negative")
 	}
+	if l.CPUs != 0 && l.CPUs < 0.01 {
+		return Policy{}, errdefs.Invalid("invalid_limit", "cpus limit %g is below the minimum of 0.01", l.CPUs)
+	}
 	if l.Memory != 0 && l.Memory < 4<<20 {
 		return Policy{}, errdefs.Invalid("invalid_limit", "memory limit %s is below the minimum of 4MiB", l.Memory)
 	}

@@ -9,12 +9,16 @@ import (
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/store"
 )
 
 // Reconcile makes the store and the runtime agree after a start-up: sandboxes
 // the store does not know are removed, workspaces whose sandbox vanished are
 // marked as errored, running ones are adopted (their egress proxies
-// reopened), and half-created or half-deleted ones are finished off.
+// reopened), and half-created or half-deleted ones are finished off. Only a
+// failure to list sandboxes or workspaces is returned: a workspace that
+// cannot be put right is logged and marked errored (an orphan that cannot be
+// removed is logged), so that one bad sandbox never keeps the server down.
 func (m *Manager) Reconcile(ctx context.Context) error {
 	live, err := m.rt.List(ctx)
 	if err != nil {
@@ -34,41 +38,11 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		if row.Runtime != m.rt.Name() {
 			continue // another runtime's; left alone
 		}
-		log := m.log.With("workspace_id", row.ID)
-		st, err := decode(row)
-		if err != nil {
-			return err
-		}
 		s, exists := byID[row.ID]
-		switch {
-		case row.State == StateCreating || row.State == StateDeleting:
-			log.Info("finishing interrupted create/delete", "state", row.State)
-			if err := m.destroy(ctx, row.ID); err != nil {
-				return err
-			}
-			continue
-		case !exists:
-			if row.State != StateError {
-				log.Warn("sandbox vanished while the server was down")
-				if err := m.db.SetWorkspaceState(ctx, row.ID, StateError, "sandbox vanished while the server was down"); err != nil {
-					return err
-				}
-			}
-			continue
-		}
-		if st.Policy.Network.Mode == policy.NetworkAllowlist && m.proxy != nil {
-			if _, err := m.proxy.Open(row.ID, st.Policy.Network.AllowedHosts); err != nil {
-				return fmt.Errorf("reopen egress proxy of %s: %w", row.ID, err)
-			}
-		}
-		state := StateStopped
-		if s.State == runtime.StateRunning {
-			state = StateRunning
-			log.Info("adopted running workspace")
-		}
-		if state != row.State {
-			if err := m.db.SetWorkspaceState(ctx, row.ID, state, ""); err != nil {
-				return err
+		if err := m.reconcileOne(ctx, row, s, exists); err != nil {
+			m.log.Error("reconcile workspace", "workspace_id", row.ID, "error", err)
+			if serr := m.db.SetWorkspaceState(ctx, row.ID, StateError, "could not be recovered after a restart"); serr != nil {
+				m.log.Error("mark workspace errored", "workspace_id", row.ID, "error", serr)
 			}
 		}
 	}
@@ -76,11 +50,46 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		if !known[s.ID] {
 			m.log.Warn("removing orphaned sandbox", "workspace_id", s.ID)
 			if err := m.rt.Remove(ctx, s.ID); err != nil {
-				return fmt.Errorf("remove orphan %s: %w", s.ID, err)
+				m.log.Error("remove orphaned sandbox", "workspace_id", s.ID, "error", err)
 			}
 		}
 	}
 	return nil
+}
+
+// reconcileOne puts one stored workspace right with its sandbox s (exists
+// is false if the runtime has none).
+func (m *Manager) reconcileOne(ctx context.Context, row store.Workspace, s runtime.Status, exists bool) error {
+	log := m.log.With("workspace_id", row.ID)
+	switch {
+	case row.State == StateCreating || row.State == StateDeleting:
+		log.Info("finishing interrupted create/delete", "state", row.State)
+		return m.destroy(ctx, row.ID)
+	case !exists:
+		if row.State == StateError {
+			return nil
+		}
+		log.Warn("sandbox vanished while the server was down")
+		return m.db.SetWorkspaceState(ctx, row.ID, StateError, "sandbox vanished while the server was down")
+	}
+	st, err := decode(row)
+	if err != nil {
+		return err
+	}
+	if st.Policy.Network.Mode == policy.NetworkAllowlist && m.proxy != nil {
+		if _, err := m.proxy.Open(row.ID, st.Policy.Network.AllowedHosts); err != nil {
+			return fmt.Errorf("reopen egress proxy: %w", err)
+		}
+	}
+	state := StateStopped
+	if s.State == runtime.StateRunning {
+		state = StateRunning
+		log.Info("adopted running workspace")
+	}
+	if state == row.State {
+		return nil
+	}
+	return m.db.SetWorkspaceState(ctx, row.ID, state, "")
 }
 
 // Run stops workspaces that have been idle longer than their idle timeout,

@@ -87,6 +87,15 @@ type Manager struct {
 	locks map[string]*sync.Mutex // serialises state changes per workspace
 	busy  map[string]int         // running commands per workspace
 	used  map[string]time.Time   // last use, flushed to the store by Run
+
+	beforeDelete func(ctx context.Context, userID, workspaceID string) error
+}
+
+// OnDelete sets a function called before a workspace is deleted, by a
+// client or at the end of its lifetime, to let go of what refers to it (its
+// conversations). An error stops the deletion. Set it before serving.
+func (m *Manager) OnDelete(f func(ctx context.Context, userID, workspaceID string) error) {
+	m.beforeDelete = f
 }
 
 // New returns a Manager. Defaults in cfg.Policy that the runtime cannot
@@ -291,6 +300,12 @@ func (m *Manager) List(ctx context.Context, userID, after string, limit int) ([]
 func (m *Manager) Delete(ctx context.Context, userID, id string) error {
 	if _, err := m.db.GetWorkspace(ctx, userID, id); err != nil {
 		return err
+	}
+	// Before the lock: what lets go may still be running commands here.
+	if m.beforeDelete != nil {
+		if err := m.beforeDelete(ctx, userID, id); err != nil {
+			return fmt.Errorf("delete workspace %s: %w", id, err)
+		}
 	}
 	unlock := m.lock(id)
 	defer unlock()

@@ -149,6 +149,20 @@ func TestServeKeysAndRestart(t *testing.T) {
 	if code, body = s.call(t, alice, "PUT", "/workspaces/"+ws.ID+"/files/kept.txt", "kept"); code != 201 {
 		t.Fatalf("put: %d %s", code, body)
 	}
+	// Commands see nothing of the data directory but the way to their own
+	// files (no database, keys, proxy sockets), and as root they run as an
+	// unprivileged uid.
+	code, body = s.call(t, alice, "POST", "/workspaces/"+ws.ID+"/execute",
+		`{"command":"ls -A `+data+`; cat `+data+`/corral.db >/dev/null 2>&1 && echo READ; echo uid=$(id -u)"}`)
+	var res struct{ Stdout string }
+	json.Unmarshal(body, &res)
+	if code != 200 || strings.Contains(res.Stdout, "READ") || strings.Contains(res.Stdout, "corral.db") ||
+		strings.Contains(res.Stdout, "server-id") || strings.Contains(res.Stdout, "proxy") {
+		t.Fatalf("data dir visible to a command: %d %s", code, body)
+	}
+	if os.Geteuid() == 0 && strings.Contains(res.Stdout, "uid=0\n") {
+		t.Fatalf("commands run as root: %q", res.Stdout)
+	}
 	if code, _ = s.call(t, bobKey, "GET", "/workspaces/"+ws.ID, ""); code != 404 {
 		t.Fatalf("bob sees alice's workspace: %d", code)
 	}

@@ -100,7 +100,10 @@ func run(ctx context.Context, c serveConfig, log hclog.Logger) error {
 			return fmt.Errorf("find own executable for sandboxes' init: %w", err)
 		}
 	}
-	opts := map[string]string{"image": c.image}
+	// "hide": sandboxes that share the host's file system (the process
+	// runtime) never see the data directory: the database, other
+	// workspaces, proxy sockets. Container runtimes ignore it.
+	opts := map[string]string{"image": c.image, "hide": dataDir}
 	if c.engineHost != "" {
 		opts["host"] = c.engineHost
 	}
@@ -151,8 +154,16 @@ func run(ctx context.Context, c serveConfig, log hclog.Logger) error {
 		log.Info("marked conversations interrupted by the restart", "count", n)
 	}
 	bg, cancelBG := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelBG()
-	go mgr.Run(bg, 30*time.Second)
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		mgr.Run(bg, 30*time.Second)
+	}()
+	// Before the store closes: Run saves last-use times as it ends.
+	defer func() {
+		cancelBG()
+		<-runDone
+	}()
 
 	srv := api.New(api.Config{DB: db, Workspaces: mgr, Conversations: convs, Logger: log.Named("api"), Version: version})
 	ln, err := net.Listen("tcp", c.addr)
@@ -182,7 +193,6 @@ func run(ctx context.Context, c serveConfig, log hclog.Logger) error {
 	if cerr := convs.Close(sctx); cerr != nil {
 		log.Warn("stop conversations", "error", cerr)
 	}
-	cancelBG()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
