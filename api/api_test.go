@@ -169,9 +169,7 @@ func TestBadInput(t *testing.T) {
 		{"unknown route", "GET", "/nope", nil, 404, "not_found"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			sub := *e
-			sub.t = t
-			sub.wantError(e.alice, c.method, c.path, c.body, c.status, c.code)
+			e.on(t).wantError(e.alice, c.method, c.path, c.body, c.status, c.code)
 		})
 	}
 

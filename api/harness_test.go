@@ -111,6 +111,13 @@ func openEnv(t testing.TB, be backend, dataDir, serverID string) *env {
 	return e
 }
 
+// on returns e reporting to t, for use inside a subtest.
+func (e *env) on(t testing.TB) *env {
+	c := *e
+	c.t = t
+	return &c
+}
+
 func (e *env) key(user string) string {
 	e.t.Helper()
 	ctx := context.Background()

@@ -28,6 +28,7 @@ func scenario(t *testing.T, be backend) {
 	base := "/workspaces/" + ws.ID
 
 	t.Run("execute", func(t *testing.T) {
+		e := e.on(t)
 		res := e.execute(e.alice, ws.ID, map[string]any{"command": "echo hi; echo $GREETING >&2; exit 3"})
 		if res.ExitCode != 3 || res.Stdout != "hi\n" || res.Stderr != "hello\n" || res.TimedOut {
 			t.Fatalf("execute = %+v", res)
@@ -51,6 +52,7 @@ func scenario(t *testing.T, be backend) {
 	})
 
 	t.Run("stream", func(t *testing.T) {
+		e := e.on(t)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		c := dialExec(t, ctx, e.url+base+"/exec", e.alice)
@@ -68,6 +70,7 @@ func scenario(t *testing.T, be backend) {
 	})
 
 	t.Run("files", func(t *testing.T) {
+		e := e.on(t)
 		payload := "line one\nline two\n"
 		var info workspace.FileInfo
 		e.json(e.alice, "PUT", base+"/files/docs/notes.txt", payload, http.StatusCreated, &info)
@@ -102,6 +105,10 @@ func scenario(t *testing.T, be backend) {
 		if string(body) != payload {
 			t.Fatalf("archive round trip: %d %q", resp.StatusCode, body)
 		}
+		// A file where a directory is needed is refused alike on every runtime.
+		e.wantError(e.alice, "PUT", base+"/files/docs/notes.txt/child", "x", http.StatusBadRequest, "not_a_directory")
+		e.wantError(e.alice, "GET", base+"/files/docs/notes.txt/child", nil, http.StatusNotFound, "not_found")
+
 		resp, _ = e.do(e.alice, "DELETE", base+"/files/docs", nil)
 		if resp.StatusCode != http.StatusNoContent {
 			t.Fatalf("delete: %d", resp.StatusCode)
@@ -110,6 +117,7 @@ func scenario(t *testing.T, be backend) {
 	})
 
 	t.Run("delete", func(t *testing.T) {
+		e := e.on(t)
 		resp, _ := e.do(e.alice, "DELETE", base, nil)
 		if resp.StatusCode != http.StatusNoContent {
 			t.Fatalf("delete: %d", resp.StatusCode)

@@ -65,6 +65,12 @@ func EscapeError(p string) error {
 	return errdefs.Invalid("path_escape", "path %q leads outside the workspace", p)
 }
 
+// NotADirectoryError is the error drivers return for a path one of whose
+// parents is a file.
+func NotADirectoryError(p string) error {
+	return errdefs.Invalid("not_a_directory", "%q: a parent of this path is a file, not a directory", p)
+}
+
 // Output collects a command's output up to a limit. It is an io.Writer safe
 // for concurrent use; writes past the limit are counted and dropped, never
 // blocked, so a chatty command never stalls.

@@ -73,6 +73,9 @@ func (c *pathChecker) checkParents(ctx context.Context, rel string) error {
 		if st.Mode&os.ModeSymlink != 0 && !inWorkspace(path.Clean(st.LinkTarget)) {
 			return runtime.EscapeError(rel)
 		}
+		if st.Mode&os.ModeSymlink == 0 && !st.Mode.IsDir() {
+			return runtime.NotADirectoryError(prefix)
+		}
 	}
 	return nil
 }
@@ -115,6 +118,10 @@ func (d *Driver) CopyOut(ctx context.Context, id, p string) (io.ReadCloser, erro
 	if rel != "" {
 		c := d.newPathChecker(name)
 		if err := c.checkParents(ctx, rel); err != nil {
+			if errdefs.Code(err) == "not_a_directory" {
+				// Under a file nothing exists to read.
+				return nil, errdefs.NotFound("%q: no such file or directory", p)
+			}
 			return nil, err
 		}
 		if _, err := c.lstat(ctx, rel); err != nil {

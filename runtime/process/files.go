@@ -53,13 +53,18 @@ func (d *Driver) openRoot(ctx context.Context, id string) (*os.Root, error) {
 
 // fileErr classes an error from an os.Root operation on p.
 func fileErr(p string, err error) error {
+	var classed *errdefs.Error
 	switch {
+	case errors.As(err, &classed):
+		return err
 	case isEscape(err):
 		return runtime.EscapeError(p)
 	case errors.Is(err, fs.ErrNotExist):
 		return errdefs.NotFound("%s: no such file or directory", p)
 	case errors.Is(err, fs.ErrExist):
 		return errdefs.New(errdefs.ErrConflict, "conflict", "%s: already exists", p)
+	case errors.Is(err, syscall.ENOTDIR):
+		return runtime.NotADirectoryError(p)
 	default:
 		return fmt.Errorf("%s: %w", p, err)
 	}
@@ -155,7 +160,7 @@ func (x *extractor) mkdirAll(p string) error {
 			return serr
 		}
 		if !fi.IsDir() {
-			return fmt.Errorf("%s: not a directory", sub)
+			return runtime.NotADirectoryError(sub)
 		}
 	}
 	return nil
@@ -290,6 +295,10 @@ func (d *Driver) CopyOut(ctx context.Context, id, p string) (io.ReadCloser, erro
 		// a final symlink.
 		if _, err := root.Lstat(c); err != nil {
 			root.Close()
+			if errors.Is(err, syscall.ENOTDIR) {
+				// Under a file nothing exists to read.
+				return nil, errdefs.NotFound("%s: no such file or directory", p)
+			}
 			return nil, fileErr(p, err)
 		}
 	} else {
