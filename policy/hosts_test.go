@@ -133,6 +133,7 @@ func TestIsDenied(t *testing.T) {
 		"127.0.0.1", "127.1.2.3", "169.254.169.254", "10.0.0.1", "172.16.0.1", "172.31.255.255",
 		"192.168.1.1", "100.64.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255",
 		"::", "::1", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254",
+		"64:ff9b::a9fe:a9fe", "64:ff9b:1::7f00:1", "2002:a9fe:a9fe::1", "::7f00:1", // NAT64, 6to4 and IPv4-compatible forms
 	} {
 		if !policy.IsDenied(netip.MustParseAddr(a)) {
 			t.Errorf("IsDenied(%s) = false, want true", a)
