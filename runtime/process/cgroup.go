@@ -283,3 +283,17 @@ func (h *cgroupHost) oomKills(id string) (uint64, bool) {
 	}
 	return 0, false
 }
+
+// swapOn reports whether the host has any swap space.
+func swapOn() bool {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return true // unknown: assume the worst
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "SwapTotal:" {
+			return f[1] != "0"
+		}
+	}
+	return true
+}

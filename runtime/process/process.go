@@ -242,6 +242,11 @@ func (d *Driver) probe(noNS bool) {
 		sup.Memory, sup.CPU, sup.Pids = d.cg.memory != "", d.cg.cpu != "", d.cg.pids != ""
 		if !sup.Memory {
 			why["memory"] = "no memory cgroup controller available"
+		} else if d.cg.version == "v1" && !d.cg.memsw && swapOn() {
+			// A v1 memory limit without memsw leaves swap uncapped: a
+			// command could use limit+swap. Fail closed, as Docker does.
+			sup.Memory = false
+			why["memory"] = "swap is on and the kernel has no memory.memsw (swap accounting): the limit would not cover swap"
 		}
 		if !sup.CPU {
 			why["cpu"] = "no cpu cgroup controller available"
