@@ -116,6 +116,13 @@ func scenario(t *testing.T, be backend) {
 		e.wantError(e.alice, "GET", base+"/files/docs/notes.txt", nil, http.StatusNotFound, "not_found")
 	})
 
+	if be.image != "" {
+		t.Run("bad image", func(t *testing.T) {
+			e := e.on(t)
+			e.wantError(e.alice, "POST", "/workspaces", map[string]any{"image": "Not An Image!"}, http.StatusBadRequest, "image_not_found")
+		})
+	}
+
 	t.Run("delete", func(t *testing.T) {
 		e := e.on(t)
 		resp, _ := e.do(e.alice, "DELETE", base, nil)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/distribution/reference"
 	"io"
 	"strings"
 
@@ -21,6 +22,9 @@ import (
 // errdefs.ErrInvalidArgument coded "image_not_found"; registries named in
 // the insecure_registries option are pulled from without TLS verification.
 func (d *Driver) Pull(ctx context.Context, image string, progress func(runtime.PullProgress)) error {
+	if _, err := reference.ParseNormalizedNamed(image); err != nil {
+		return errdefs.Invalid("image_not_found", "%q is not an image reference: %v", image, err)
+	}
 	c := d.ctx(ctx)
 	if ok, err := images.Exists(c, image, nil); err != nil {
 		return fmt.Errorf("pull %s: %w", image, mapErr(err))
@@ -56,7 +60,7 @@ func (d *Driver) Pull(ctx context.Context, image string, progress func(runtime.P
 			return errdefs.Invalid("image_not_found", "image %s not found: %v", image, err)
 		}
 		if registryDown(err) {
-			return errdefs.New(errdefs.ErrUnavailable, "registry_unavailable", "pull %s: registry unreachable: %v", image, err)
+			return errdefs.New(errdefs.ErrUnavailable, "image_pull_failed", "pull %s: registry unreachable: %v", image, err)
 		}
 		return fmt.Errorf("pull %s: %w", image, mapErr(err))
 	}

@@ -302,7 +302,7 @@ func TestCreateFailureLeavesNothing(t *testing.T) {
 			}{
 				{registry + "/corral/no-such-image:" + randHex(4), "image_not_found"},
 				// Nothing listens on port 1 of the loopback.
-				{"127.0.0.1:1/corral/x:latest", "registry_unavailable"},
+				{"127.0.0.1:1/corral/x:latest", "image_pull_failed"},
 			} {
 				id := "ws_pm_" + randHex(5)
 				err := d.Create(ctx, runtime.Spec{ID: id, Image: tc.image, Policy: policy.Policy{Network: policy.Network{Mode: policy.NetworkNone}}})
