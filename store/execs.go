@@ -21,6 +21,9 @@ type ExecRecord struct {
 	StartedAt               time.Time
 }
 
+const recordExecQuery = `INSERT INTO execs (id, workspace_id, user_id, argv, exit_code, signal, timed_out, oom_killed, duration_ms, started_at)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
 // RecordExec stores an exec record. An empty ID is replaced by NewID("exec")
 // and a zero StartedAt by now; the caller's r is not modified. Errors:
 // ErrInvalidArgument without WorkspaceID, UserID or Argv; ErrNotFound if the
@@ -45,9 +48,7 @@ func (db *DB) RecordExec(ctx context.Context, r ExecRecord) error {
 	if err != nil {
 		return fmt.Errorf("record exec %s: encode argv: %w", r.ID, err)
 	}
-	_, err = db.sql.ExecContext(ctx,
-		`INSERT INTO execs (id, workspace_id, user_id, argv, exit_code, signal, timed_out, oom_killed, duration_ms, started_at)
-		 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = db.recordExecStmt.ExecContext(ctx,
 		r.ID, r.WorkspaceID, r.UserID, string(argv), r.ExitCode, r.Signal, r.TimedOut, r.OOMKilled,
 		r.DurationMS, toMS(r.StartedAt))
 	if err != nil {

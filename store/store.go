@@ -56,7 +56,10 @@ var migrationFiles embed.FS
 type DB struct {
 	sql      *sql.DB
 	authStmt *sql.Stmt // keyByHashQuery
-	path     string
+	// The hot path of every command: prepared once, not parsed per call.
+	getWorkspaceStmt *sql.Stmt
+	recordExecStmt   *sql.Stmt
+	path             string
 	// now is the clock; tests replace it to step over time-based rules such
 	// as the once-a-minute last_used_at update.
 	now func() time.Time
@@ -106,9 +109,18 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		sqldb.Close()
 		return nil, fmt.Errorf("store: open %s: %w", abs, err)
 	}
-	if db.authStmt, err = sqldb.PrepareContext(ctx, keyByHashQuery); err != nil {
-		sqldb.Close()
-		return nil, fmt.Errorf("store: open %s: prepare: %w", abs, classify(err))
+	for _, p := range []struct {
+		stmt  **sql.Stmt
+		query string
+	}{
+		{&db.authStmt, keyByHashQuery},
+		{&db.getWorkspaceStmt, getWorkspaceQuery},
+		{&db.recordExecStmt, recordExecQuery},
+	} {
+		if *p.stmt, err = sqldb.PrepareContext(ctx, p.query); err != nil {
+			sqldb.Close()
+			return nil, fmt.Errorf("store: open %s: prepare: %w", abs, classify(err))
+		}
 	}
 	return db, nil
 }

@@ -80,12 +80,13 @@ func (db *DB) CreateWorkspace(ctx context.Context, w Workspace) error {
 	return nil
 }
 
+const getWorkspaceQuery = "SELECT " + workspaceColumns + " WHERE id = ? AND user_id = ?"
+
 // GetWorkspace returns the workspace if userID owns it. Errors: ErrNotFound
 // if it does not exist or belongs to someone else — the two are
 // indistinguishable, so callers never reveal another user's workspace.
 func (db *DB) GetWorkspace(ctx context.Context, userID, id string) (Workspace, error) {
-	w, err := scanWorkspace(db.sql.QueryRowContext(ctx,
-		"SELECT "+workspaceColumns+" WHERE id = ? AND user_id = ?", id, userID))
+	w, err := scanWorkspace(db.getWorkspaceStmt.QueryRowContext(ctx, id, userID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Workspace{}, errdefs.NotFound("workspace %s not found", id)
 	}

@@ -56,6 +56,12 @@ func (c Command) ExecSpec() (runtime.ExecSpec, error) {
 // no command may run longer than the server's maximum. The workspace counts
 // as in use until the command's Process.Wait returns.
 func (m *Manager) Exec(ctx context.Context, userID, id string, spec runtime.ExecSpec) (runtime.Process, error) {
+	return m.exec(ctx, userID, id, spec, nil)
+}
+
+// exec is Exec; prepare, if set, adjusts the spec once the workspace's
+// settings are known (one store lookup per command, not two).
+func (m *Manager) exec(ctx context.Context, userID, id string, spec runtime.ExecSpec, prepare func(stored, *runtime.ExecSpec)) (runtime.Process, error) {
 	// Busy before it is known to be running, so that an idle stop either
 	// ends before ensureRunning looks (which then starts it again) or sees
 	// the command coming and leaves the workspace alone.
@@ -68,6 +74,9 @@ func (m *Manager) Exec(ctx context.Context, userID, id string, spec runtime.Exec
 		return nil, err
 	}
 	m.touch(id)
+	if prepare != nil {
+		prepare(st, &spec)
+	}
 	max := time.Duration(m.policy.Max.Timeout)
 	if spec.Timeout == 0 {
 		spec.Timeout = time.Duration(st.Policy.Limits.Timeout)
@@ -147,18 +156,16 @@ func (m *Manager) Execute(ctx context.Context, user store.User, id string, req E
 	if err != nil {
 		return ExecuteResult{}, err
 	}
-	_, st, err := m.ensureRunning(ctx, user.ID, id)
-	if err != nil {
-		return ExecuteResult{}, err
-	}
-	limit := int(st.Policy.Limits.Output)
-	stdout, stderr := runtime.NewOutput(limit), runtime.NewOutput(limit)
-	spec.Stdout, spec.Stderr = stdout, stderr
+	var stdout, stderr *runtime.Output
 	if req.Stdin != "" {
 		spec.Stdin = strings.NewReader(req.Stdin)
 	}
 	start := time.Now()
-	p, err := m.Exec(ctx, user.ID, id, spec)
+	p, err := m.exec(ctx, user.ID, id, spec, func(st stored, spec *runtime.ExecSpec) {
+		limit := int(st.Policy.Limits.Output)
+		stdout, stderr = runtime.NewOutput(limit), runtime.NewOutput(limit)
+		spec.Stdout, spec.Stderr = stdout, stderr
+	})
 	if err != nil {
 		return ExecuteResult{}, err
 	}
