@@ -105,25 +105,6 @@ func oomCounterFile(procCgroup []byte) string {
 	return ""
 }
 
-// readOOMCount reads "oom_kill N" from a v1 memory.oom_control or a v2
-// memory.events file; 0 if it cannot.
-func readOOMCount(file string) int64 {
-	if file == "" {
-		return 0
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if n, ok := strings.CutPrefix(line, "oom_kill "); ok {
-			v, _ := strconv.ParseInt(strings.TrimSpace(n), 10, 64)
-			return v
-		}
-	}
-	return 0
-}
-
 // listening reports whether a TCP socket listens on addr (IPv4) in the
 // network namespace of host process pid.
 func listening(pid int, addr string) bool {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/internal/cgroup"
 	"github.com/corralhq/corral/runtime"
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/client"
@@ -95,7 +96,7 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	// What the host sees of the container, learnt before the command
 	// starts so that the OOM counter is read before it can use memory.
 	hv := d.view(ctx, name)
-	oomBefore := readOOMCount(hv.oomFile)
+	oomBefore := cgroup.OOMKills(hv.oomFile)
 
 	created, err := d.cli.ExecCreate(ctx, name, opts)
 	if err != nil {
@@ -488,7 +489,7 @@ func (p *process) Resize(ctx context.Context, size runtime.WindowSize) error {
 // oomKilled reports whether the kernel's OOM killer struck in the
 // workspace's memory cgroup while the command ran.
 func (p *process) oomKilled() bool {
-	return p.host.oomFile != "" && readOOMCount(p.host.oomFile) > p.oomBefore
+	return p.host.oomFile != "" && cgroup.OOMKills(p.host.oomFile) > p.oomBefore
 }
 
 func randomHex(n int) string {

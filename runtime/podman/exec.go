@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"net/http"
@@ -24,8 +23,10 @@ import (
 	"github.com/containers/podman/v5/pkg/api/handlers"
 	"github.com/containers/podman/v5/pkg/bindings/containers"
 	dockerContainer "github.com/docker/docker/api/types/container"
+	"golang.org/x/sys/unix"
 
 	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/internal/cgroup"
 	"github.com/corralhq/corral/runtime"
 )
 
@@ -118,7 +119,7 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 		oomCtl:  oomCtl,
 		done:    make(chan struct{}),
 	}
-	p.oomBefore = readOOMKills(p.oomCtl)
+	p.oomBefore = cgroup.OOMKills(p.oomCtl)
 	conn, br, err := d.startExec(ctx, session, spec)
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
@@ -310,7 +311,7 @@ func (p *process) exitResult() (runtime.ExitResult, error) {
 			res.TimedOut = p.timedOut
 			p.mu.Unlock()
 			if info.ExitCode == 128+int(syscall.SIGKILL) && p.oomCtl != "" {
-				res.OOMKilled = readOOMKills(p.oomCtl) > p.oomBefore
+				res.OOMKilled = cgroup.OOMKills(p.oomCtl) > p.oomBefore
 			}
 			return res, nil
 		}
@@ -500,24 +501,6 @@ func (d *Driver) oomControl(cgroupPath string) string {
 		return ""
 	}
 	return p
-}
-
-// readOOMKills returns the oom_kill counter of a memory.oom_control file.
-func readOOMKills(file string) int64 {
-	if file == "" {
-		return 0
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			return n
-		}
-	}
-	return 0
 }
 
 // innermostPID returns the PID that host process pid has in its own PID
