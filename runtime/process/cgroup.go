@@ -3,11 +3,13 @@ package process
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,6 +24,9 @@ type cgroupHost struct {
 	version           string // "v1" or "v2"
 	memory, cpu, pids string // parent directories ".../corral"
 	memsw             bool   // v1 memory.memsw.* exists: cap swap too
+
+	oomMu    sync.Mutex
+	oomFiles map[string]*os.File // per workspace: its open memory.events or memory.oom_control
 }
 
 const cgroupRoot = "/sys/fs/cgroup"
@@ -129,6 +134,7 @@ func (h *cgroupHost) dirs(id string) []string {
 // create makes the workspace's cgroups, or updates them, with limits l.
 // Idempotent.
 func (h *cgroupHost) create(id string, l policy.Limits) error {
+	h.forgetOOMFile(id, nil)
 	for _, d := range h.dirs(id) {
 		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("create cgroup: %w", err)
@@ -242,6 +248,7 @@ func (h *cgroupHost) killAll(id string) {
 // remove kills what is left and deletes the workspace's cgroups.
 // Idempotent.
 func (h *cgroupHost) remove(id string) error {
+	h.forgetOOMFile(id, nil)
 	h.killAll(id)
 	for _, d := range h.dirs(id) {
 		var err error
@@ -267,21 +274,63 @@ func (h *cgroupHost) oomKills(id string) (uint64, bool) {
 	if h == nil || h.memory == "" {
 		return 0, false
 	}
+	// The file stays open between commands: re-reading it from offset 0
+	// shows the current count, without a path walk per command. An fd of
+	// a cgroup that was removed (and perhaps made again) fails to read;
+	// it is then opened again.
+	var buf [512]byte
+	for try := 0; try < 2; try++ {
+		f, err := h.oomFile(id)
+		if err != nil {
+			return 0, false
+		}
+		n, err := f.ReadAt(buf[:], 0)
+		if err != nil && !errors.Is(err, io.EOF) {
+			h.forgetOOMFile(id, f)
+			continue
+		}
+		for _, line := range strings.Split(string(buf[:n]), "\n") {
+			if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+				n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+				return n, err == nil
+			}
+		}
+		return 0, false
+	}
+	return 0, false
+}
+
+// oomFile returns the workspace's open OOM counter file.
+func (h *cgroupHost) oomFile(id string) (*os.File, error) {
+	h.oomMu.Lock()
+	defer h.oomMu.Unlock()
+	if f := h.oomFiles[id]; f != nil {
+		return f, nil
+	}
 	name := "memory.oom_control"
 	if h.version == "v2" {
 		name = "memory.events"
 	}
-	b, err := os.ReadFile(filepath.Join(h.memory, id, name))
+	f, err := os.Open(filepath.Join(h.memory, id, name))
 	if err != nil {
-		return 0, false
+		return nil, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-			return n, err == nil
-		}
+	if h.oomFiles == nil {
+		h.oomFiles = map[string]*os.File{}
 	}
-	return 0, false
+	h.oomFiles[id] = f
+	return f, nil
+}
+
+// forgetOOMFile closes the workspace's OOM counter file if it is f (any
+// if f is nil).
+func (h *cgroupHost) forgetOOMFile(id string, f *os.File) {
+	h.oomMu.Lock()
+	defer h.oomMu.Unlock()
+	if g := h.oomFiles[id]; g != nil && (f == nil || g == f) {
+		delete(h.oomFiles, id)
+		g.Close()
+	}
 }
 
 // swapOn reports whether the host has any swap space.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -45,47 +46,61 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	if err != nil {
 		return nil, err
 	}
-	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: d.sockPath(id), Net: "unixpacket"})
-	if err != nil {
-		if !fileExists(d.metaPath(id)) {
-			d.forget(id)
-			return nil, errdefs.NotFound("workspace %q not found", id)
-		}
-		if d.running(id) == nil {
-			return nil, errdefs.New(errdefs.ErrFailedPrecondition, "not_running", "workspace %q is not running", id)
-		}
-		return nil, errdefs.New(errdefs.ErrUnavailable, "unavailable", "workspace %s: cannot reach its supervisor: %v", id, err)
-	}
-	p := &process{
-		d: d, id: id, conn: conn, tty: spec.TTY,
-		done: make(chan struct{}), exited: make(chan sandboxinit.Reply, 1),
-	}
+	// Everything is ready before the supervisor is dialed, so that it
+	// finds the request there when it accepts the connection.
+	p := &process{d: d, id: id, tty: spec.TTY, done: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
 			p.closeAll()
 		}
 	}()
-	childFds, err := p.stdio(spec)
+	fds, childFiles, err := p.stdio(spec)
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
 	}
+	closeChild := func() {
+		for _, f := range childFiles {
+			f.Close()
+		}
+		childFiles = nil
+	}
+	defer closeChild()
 	req := sandboxinit.Request{
 		Op: sandboxinit.OpExec, Argv: spec.Argv, Dir: dir, TTY: spec.TTY,
 		Env: d.env(m, spec), UID: m.UID, GID: m.UID,
 	}
-	fds := make([]int, len(childFds))
-	for i, f := range childFds {
-		fds[i] = int(f.Fd())
-	}
 	p.oomBefore, p.oomKnown = d.cg.oomKills(id)
-	err = sandboxinit.Send(conn, req, fds...)
-	for _, f := range childFds {
-		f.Close()
+	// A connection dialed ahead spares the dial and the supervisor's
+	// accept. Its supervisor may have stopped since: then the send fails
+	// (nothing was started) and a fresh dial tells what happened.
+	conn := d.takeSpare(id)
+	if conn != nil {
+		if err := sandboxinit.Send(conn, req, fds...); err != nil {
+			conn.Close()
+			conn = nil
+		}
 	}
-	if err != nil {
-		return nil, errdefs.New(errdefs.ErrUnavailable, "unavailable", "exec in %s: %v", id, err)
+	if conn == nil {
+		conn, err = net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: d.sockPath(id), Net: "unixpacket"})
+		if err != nil {
+			if !fileExists(d.metaPath(id)) {
+				d.forget(id)
+				return nil, errdefs.NotFound("workspace %q not found", id)
+			}
+			if d.running(id) == nil {
+				return nil, errdefs.New(errdefs.ErrFailedPrecondition, "not_running", "workspace %q is not running", id)
+			}
+			return nil, errdefs.New(errdefs.ErrUnavailable, "unavailable", "workspace %s: cannot reach its supervisor: %v", id, err)
+		}
+		p.conn = conn
+		if err := sandboxinit.Send(conn, req, fds...); err != nil {
+			return nil, errdefs.New(errdefs.ErrUnavailable, "unavailable", "exec in %s: %v", id, err)
+		}
 	}
+	p.conn = conn
+	closeChild()
+	go d.refillSpare(id)
 	var started sandboxinit.Reply
 	if fds, err := sandboxinit.Receive(conn, &started); err != nil {
 		unixCloseAll(fds)
@@ -97,6 +112,49 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	ok = true
 	p.run(ctx, spec)
 	return p, nil
+}
+
+// takeSpare returns the workspace's connection dialed ahead, if any.
+func (d *Driver) takeSpare(id string) *net.UnixConn {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c := d.spares[id]
+	delete(d.spares, id)
+	return c
+}
+
+// refillSpare dials a connection for the workspace's next command. The
+// supervisor serves it like any other: it waits for the exec request, and
+// forgets it when it is closed.
+func (d *Driver) refillSpare(id string) {
+	d.mu.Lock()
+	have := d.spares[id] != nil
+	d.mu.Unlock()
+	if have {
+		return
+	}
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: d.sockPath(id), Net: "unixpacket"})
+	if err != nil {
+		return
+	}
+	d.mu.Lock()
+	if d.spares == nil {
+		d.spares = map[string]*net.UnixConn{}
+	}
+	if d.spares[id] == nil {
+		d.spares[id], c = c, nil
+	}
+	d.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
+// dropSpare closes the workspace's connection dialed ahead, if any.
+func (d *Driver) dropSpare(id string) {
+	if c := d.takeSpare(id); c != nil {
+		c.Close()
+	}
 }
 
 func unixCloseAll(fds []int) {
@@ -170,57 +228,61 @@ type process struct {
 	master *os.File // pty master (TTY)
 	// Our ends of the pipes (no TTY); nil when the caller's writer is nil.
 	stdinW, stdoutR, stderrR *os.File
-	copiers                  sync.WaitGroup // stdout/stderr copiers
+	copied                   chan struct{} // closed once the stdout/stderr copiers are done
 
 	oomBefore uint64
 	oomKnown  bool
 
-	exited   chan sandboxinit.Reply
 	sendMu   sync.Mutex
 	timedOut bool // under sendMu
+	exitSeen bool // under sendMu: the exit was received
 	done     chan struct{}
 	res      runtime.ExitResult
 	err      error
 }
 
 // stdio makes the command's stdio: pipes to the caller's readers and
-// writers, or a pty. It returns the child's ends, which the caller closes
-// once they are sent.
-func (p *process) stdio(spec runtime.ExecSpec) ([]*os.File, error) {
+// writers, or a pty. It returns the child's fds, and the files of those
+// made for this command, which the caller closes once they are sent (the
+// child's /dev/null is the driver's, opened once).
+func (p *process) stdio(spec runtime.ExecSpec) ([]int, []*os.File, error) {
 	if spec.TTY {
 		master, slave, err := openPTY()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		p.master = master
 		if spec.Size.Cols > 0 && spec.Size.Rows > 0 {
 			if err := setWinsize(master, spec.Size); err != nil {
 				slave.Close()
-				return nil, err
+				return nil, nil, err
 			}
 		}
-		return []*os.File{slave}, nil
+		return []int{int(slave.Fd())}, []*os.File{slave}, nil
 	}
-	var child []*os.File
-	fail := func(err error) ([]*os.File, error) {
-		for _, f := range child {
+	var (
+		fds   []int
+		owned []*os.File
+	)
+	fail := func(err error) ([]int, []*os.File, error) {
+		for _, f := range owned {
 			f.Close()
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	devnull := func(flag int) (*os.File, error) { return os.OpenFile(os.DevNull, flag, 0) }
-	if spec.Stdin == nil {
-		f, err := devnull(os.O_RDONLY)
-		if err != nil {
+	if spec.Stdin == nil || spec.Stdout == nil || spec.Stderr == nil {
+		if err := p.d.openDevNull(); err != nil {
 			return fail(err)
 		}
-		child = append(child, f)
+	}
+	if spec.Stdin == nil {
+		fds = append(fds, int(p.d.devnullR.Fd()))
 	} else {
 		r, w, err := os.Pipe()
 		if err != nil {
 			return fail(err)
 		}
-		child = append(child, r)
+		fds, owned = append(fds, int(r.Fd())), append(owned, r)
 		p.stdinW = w
 	}
 	for _, out := range []struct {
@@ -228,21 +290,29 @@ func (p *process) stdio(spec runtime.ExecSpec) ([]*os.File, error) {
 		our **os.File
 	}{{spec.Stdout, &p.stdoutR}, {spec.Stderr, &p.stderrR}} {
 		if out.w == nil {
-			f, err := devnull(os.O_WRONLY)
-			if err != nil {
-				return fail(err)
-			}
-			child = append(child, f)
+			fds = append(fds, int(p.d.devnullW.Fd()))
 			continue
 		}
 		r, w, err := os.Pipe()
 		if err != nil {
 			return fail(err)
 		}
-		child = append(child, w)
+		fds, owned = append(fds, int(w.Fd())), append(owned, w)
 		*out.our = r
 	}
-	return child, nil
+	return fds, owned, nil
+}
+
+// openDevNull opens the driver's /dev/null for reading and for writing,
+// once.
+func (d *Driver) openDevNull() error {
+	d.devnullOnce.Do(func() {
+		d.devnullR, d.devnullErr = os.OpenFile(os.DevNull, os.O_RDONLY, 0)
+		if d.devnullErr == nil {
+			d.devnullW, d.devnullErr = os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+		}
+	})
+	return d.devnullErr
 }
 
 // run starts the copiers and the goroutine that waits for the exit.
@@ -250,18 +320,16 @@ func (p *process) run(ctx context.Context, spec runtime.ExecSpec) {
 	// Stdout and Stderr are often one writer, or writers that are not safe
 	// for concurrent use: the two copiers never write at the same time.
 	var writeMu sync.Mutex
-	copyOut := func(w io.Writer, r *os.File) {
-		p.copiers.Add(1)
-		go func() {
-			defer p.copiers.Done()
-			_, _ = io.Copy(&lockedWriter{mu: &writeMu, w: w}, r)
-		}()
+	type copier struct {
+		w io.Writer
+		r *os.File
 	}
+	var copiers []copier
 	if p.master != nil {
 		if spec.Stdout != nil {
-			copyOut(spec.Stdout, p.master)
+			copiers = append(copiers, copier{spec.Stdout, p.master})
 		} else {
-			copyOut(io.Discard, p.master)
+			copiers = append(copiers, copier{io.Discard, p.master})
 		}
 		if spec.Stdin != nil {
 			go func() {
@@ -274,10 +342,10 @@ func (p *process) run(ctx context.Context, spec runtime.ExecSpec) {
 		}
 	} else {
 		if p.stdoutR != nil {
-			copyOut(spec.Stdout, p.stdoutR)
+			copiers = append(copiers, copier{spec.Stdout, p.stdoutR})
 		}
 		if p.stderrR != nil {
-			copyOut(spec.Stderr, p.stderrR)
+			copiers = append(copiers, copier{spec.Stderr, p.stderrR})
 		}
 		if p.stdinW != nil {
 			go func() {
@@ -286,66 +354,68 @@ func (p *process) run(ctx context.Context, spec runtime.ExecSpec) {
 			}()
 		}
 	}
-	go func() {
-		var r sandboxinit.Reply
-		for {
-			fds, err := sandboxinit.Receive(p.conn, &r)
-			unixCloseAll(fds)
-			if err != nil {
-				close(p.exited)
-				return
+	// copied is closed once the last copier is done (at once if none).
+	p.copied = make(chan struct{})
+	left := new(atomic.Int32)
+	left.Store(int32(len(copiers)))
+	if len(copiers) == 0 {
+		close(p.copied)
+	}
+	for _, c := range copiers {
+		go func() {
+			_, _ = io.Copy(&lockedWriter{mu: &writeMu, w: c.w}, c.r)
+			if left.Add(-1) == 0 {
+				close(p.copied)
 			}
-			if r.Op == sandboxinit.OpExit {
-				p.exited <- r
-				return
-			}
-		}
-	}()
+		}()
+	}
 	go p.wait(ctx, spec.Timeout)
 }
 
-// wait waits for the exit, killing the command on timeout or when ctx ends,
-// then for the output, and records the result.
+// wait reads the supervisor's messages until the exit, while watch kills
+// the command on timeout or when ctx ends; then it waits for the output,
+// and records the result.
 func (p *process) wait(ctx context.Context, timeout time.Duration) {
 	defer close(p.done)
-	var timer <-chan time.Time
-	if timeout > 0 {
-		t := time.NewTimer(timeout)
-		defer t.Stop()
-		timer = t.C
+	stop := make(chan struct{})
+	if timeout > 0 || ctx.Done() != nil {
+		go p.watch(ctx, timeout, stop)
 	}
 	var (
 		r   sandboxinit.Reply
 		got bool
 	)
-loop:
 	for {
-		select {
-		case r, got = <-p.exited:
-			break loop
-		case <-timer:
-			timer = nil
-			p.sendMu.Lock()
-			p.timedOut = true
-			p.sendMu.Unlock()
-			p.send(sandboxinit.Request{Op: sandboxinit.OpKill})
-		case <-ctx.Done():
-			p.send(sandboxinit.Request{Op: sandboxinit.OpKill})
-			ctx = context.Background()
+		fds, err := sandboxinit.Receive(p.conn, &r)
+		unixCloseAll(fds)
+		if err != nil {
+			break
+		}
+		if r.Op == sandboxinit.OpExit {
+			got = true
+			break
 		}
 	}
+	p.sendMu.Lock()
+	p.exitSeen = true // no kill from watch after this
+	p.sendMu.Unlock()
+	close(stop)
 	// Output: the command's own copies of the pipes are closed; wait for
 	// what is in flight, but not for background processes that keep them.
 	if p.stdinW != nil {
 		p.stdinW.Close()
 	}
-	waited := make(chan struct{})
-	go func() { p.copiers.Wait(); close(waited) }()
 	select {
-	case <-waited:
-	case <-time.After(outputGrace):
-		p.closeAll()
-		<-waited
+	case <-p.copied:
+	default:
+		t := time.NewTimer(outputGrace)
+		select {
+		case <-p.copied:
+		case <-t.C:
+			p.closeAll()
+			<-p.copied
+		}
+		t.Stop()
 	}
 	p.closeAll()
 	if !got {
@@ -363,6 +433,39 @@ loop:
 	if p.oomKnown && (r.Signal == int(syscall.SIGKILL) || r.ExitCode == 128+int(syscall.SIGKILL)) {
 		if n, ok := p.d.cg.oomKills(p.id); ok && n > p.oomBefore {
 			p.res.OOMKilled = true
+		}
+	}
+}
+
+// watch kills the command on timeout or when ctx ends, until stop is
+// closed (the exit was received).
+func (p *process) watch(ctx context.Context, timeout time.Duration, stop <-chan struct{}) {
+	var timer <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		timer = t.C
+	}
+	cancelled := ctx.Done()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-timer:
+			timer = nil
+			p.sendMu.Lock()
+			if !p.exitSeen {
+				p.timedOut = true
+				_ = sandboxinit.Send(p.conn, sandboxinit.Request{Op: sandboxinit.OpKill})
+			}
+			p.sendMu.Unlock()
+		case <-cancelled:
+			cancelled = nil
+			p.sendMu.Lock()
+			if !p.exitSeen {
+				_ = sandboxinit.Send(p.conn, sandboxinit.Request{Op: sandboxinit.OpKill})
+			}
+			p.sendMu.Unlock()
 		}
 	}
 }

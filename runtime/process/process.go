@@ -40,6 +40,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,6 +83,12 @@ type Driver struct {
 	mu       sync.Mutex
 	children map[string]*supervisorProc // supervisors this driver started (it must reap them)
 	metas    map[string]*meta           // cache of workspaces' meta.json
+
+	spares map[string]*net.UnixConn // per workspace: a connection to its supervisor, dialed ahead (under mu)
+
+	devnullOnce        sync.Once
+	devnullR, devnullW *os.File // shared by the commands without stdin or stdout/stderr
+	devnullErr         error
 }
 
 // supervisorProc is a supervisor started by this driver.
@@ -800,6 +807,7 @@ func (d *Driver) stop(ctx context.Context, id string) error {
 	}
 	_ = os.Remove(d.pidPath(id))
 	_ = os.Remove(d.sockPath(id))
+	d.dropSpare(id)
 	return nil
 }
 
