@@ -31,7 +31,11 @@ type supervisor struct {
 	// is never reaped before its pid is registered in execs.
 	mu    sync.Mutex
 	execs map[int]*command
-	seq   atomic.Int64 // numbers commands for their CORRAL_EXEC marker
+	// stopping is set (under mu) before the final kill: nothing starts
+	// after it, even on a connection that was open before (the driver
+	// dials its next connection ahead).
+	stopping bool
+	seq      atomic.Int64 // numbers commands for their CORRAL_EXEC marker
 
 	launcher      chan func() // runs forks on the launcher thread (startLauncher)
 	launcherReady chan struct{}
@@ -139,6 +143,9 @@ func supervise(f Flags) error {
 			s.reap()
 			continue
 		}
+		s.mu.Lock()
+		s.stopping = true
+		s.mu.Unlock()
 		ln.Close()
 		killDescendants()
 		return nil
@@ -511,6 +518,9 @@ func (s *supervisor) startLauncher(dirs []string, dropCaps bool) error {
 func (s *supervisor) forkHere(path string, argv []string, attr *os.ProcAttr) (*command, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.stopping {
+		return nil, errors.New("the workspace is stopping")
+	}
 	p, err := os.StartProcess(path, argv, attr)
 	if err != nil {
 		return nil, err
