@@ -21,11 +21,18 @@ func OOMKills(file string) int64 {
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(string(b), "\n") {
+	n, _ := ParseOOMKills(b)
+	return n
+}
+
+// ParseOOMKills reads the oom_kill counter from the content of a
+// memory.oom_control or memory.events file, and false if it has none.
+func ParseOOMKills(content []byte) (int64, bool) {
+	for _, line := range strings.Split(string(content), "\n") {
 		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			return n
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return n, err == nil
 		}
 	}
-	return 0
+	return 0, false
 }

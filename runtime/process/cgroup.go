@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/corralhq/corral/internal/cgroup"
 	"github.com/corralhq/corral/policy"
 )
 
@@ -289,13 +290,8 @@ func (h *cgroupHost) oomKills(id string) (uint64, bool) {
 			h.forgetOOMFile(id, f)
 			continue
 		}
-		for _, line := range strings.Split(string(buf[:n]), "\n") {
-			if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
-				n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-				return n, err == nil
-			}
-		}
-		return 0, false
+		kills, ok := cgroup.ParseOOMKills(buf[:n])
+		return uint64(kills), ok
 	}
 	return 0, false
 }
