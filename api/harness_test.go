@@ -95,6 +95,7 @@ func openEnv(t testing.TB, be backend, dataDir, serverID string) *env {
 		}
 		closed = true
 		srv.Close()
+		mgr.Close()
 		rt.Close()
 		db.Close()
 	}

@@ -178,12 +178,32 @@ func (m *Manager) Execute(ctx context.Context, user store.User, id string, req E
 		WorkspaceID: id, UserID: user.ID, Argv: spec.Argv, ExitCode: res.ExitCode, Signal: string(res.Signal),
 		TimedOut: res.TimedOut, OOMKilled: res.OOMKilled, DurationMS: dur.Milliseconds(), StartedAt: start.UTC(),
 	}
-	if err := m.db.RecordExec(context.WithoutCancel(ctx), rec); err != nil {
-		m.log.Warn("record exec", "workspace_id", id, "error", err)
-	}
+	m.record(rec)
 	return ExecuteResult{
 		ExitCode: res.ExitCode, Stdout: stdout.String(), Stderr: stderr.String(),
 		Truncated: stdout.Truncated() || stderr.Truncated(), TimedOut: res.TimedOut,
 		OOMKilled: res.OOMKilled, Signal: string(res.Signal), DurationMS: dur.Milliseconds(),
 	}, nil
+}
+
+// record writes an exec record after the answer has gone, unless too many
+// are being written already, when it writes it before (so they never pile
+// up). Close waits for them.
+func (m *Manager) record(rec store.ExecRecord) {
+	write := func() {
+		if err := m.db.RecordExec(context.Background(), rec); err != nil {
+			m.log.Warn("record exec", "workspace_id", rec.WorkspaceID, "error", err)
+		}
+	}
+	select {
+	case m.writers <- struct{}{}:
+		m.records.Add(1)
+		go func() {
+			defer m.records.Done()
+			defer func() { <-m.writers }()
+			write()
+		}()
+	default:
+		write()
+	}
 }

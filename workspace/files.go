@@ -57,7 +57,7 @@ func (m *Manager) usable(ctx context.Context, userID, id string) (store.Workspac
 	if row.State != StateRunning && row.State != StateStopped {
 		return row, stored{}, errdefs.New(errdefs.ErrFailedPrecondition, "workspace_not_ready", "workspace %s is %s", id, row.State)
 	}
-	st, err := decode(row)
+	st, err := m.spec(row)
 	return row, st, err
 }
 

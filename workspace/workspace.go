@@ -89,6 +89,13 @@ type Manager struct {
 	used  map[string]time.Time   // last use, flushed to the store by Run
 
 	beforeDelete func(ctx context.Context, userID, workspaceID string) error
+
+	specs map[string]stored // decoded specs: immutable after creation
+
+	// Exec records are written after the command's answer, off the
+	// request path; Close waits for them.
+	records sync.WaitGroup
+	writers chan struct{} // bounds the records being written at once
 }
 
 // OnDelete sets a function called before a workspace is deleted, by a
@@ -116,6 +123,7 @@ func New(cfg Config) *Manager {
 	return &Manager{
 		db: cfg.DB, rt: cfg.Runtime, policy: pol, proxy: cfg.Proxy, log: log, image: cfg.DefaultImage,
 		locks: map[string]*sync.Mutex{}, busy: map[string]int{}, used: map[string]time.Time{},
+		specs: map[string]stored{}, writers: make(chan struct{}, 64),
 	}
 }
 
@@ -240,6 +248,7 @@ func (m *Manager) destroy(ctx context.Context, id string) error {
 	m.mu.Lock()
 	delete(m.used, id)
 	delete(m.locks, id)
+	delete(m.specs, id)
 	m.mu.Unlock()
 	return m.db.DeleteWorkspace(ctx, id)
 }
@@ -342,7 +351,7 @@ func (m *Manager) ensureRunning(ctx context.Context, userID, id string) (store.W
 	if err != nil {
 		return row, stored{}, err
 	}
-	st, err := decode(row)
+	st, err := m.spec(row)
 	if err != nil {
 		return row, st, err
 	}
@@ -370,6 +379,31 @@ func (m *Manager) ensureRunning(ctx context.Context, userID, id string) (store.W
 	m.log.Info("workspace started on use", "workspace_id", id)
 	row.State = StateRunning
 	return row, st, nil
+}
+
+// spec returns a workspace's stored spec, decoded once per workspace: it
+// never changes after creation. Callers must not modify it.
+func (m *Manager) spec(row store.Workspace) (stored, error) {
+	m.mu.Lock()
+	st, ok := m.specs[row.ID]
+	m.mu.Unlock()
+	if ok {
+		return st, nil
+	}
+	st, err := decode(row)
+	if err != nil {
+		return st, err
+	}
+	m.mu.Lock()
+	m.specs[row.ID] = st
+	m.mu.Unlock()
+	return st, nil
+}
+
+// Close waits for the exec records still being written. Call it before
+// closing the store.
+func (m *Manager) Close() {
+	m.records.Wait()
 }
 
 func decode(row store.Workspace) (stored, error) {

@@ -138,6 +138,7 @@ func run(ctx context.Context, c serveConfig, log hclog.Logger) error {
 	mgr := workspace.New(workspace.Config{
 		DB: db, Runtime: rt, Policy: pol, Proxy: proxy, Logger: log.Named("workspace"), DefaultImage: c.image,
 	})
+	defer mgr.Close() // before the store closes: exec records still being written
 	if err := mgr.Reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile workspaces: %w", err)
 	}
