@@ -43,7 +43,8 @@ if docker info >/dev/null 2>&1; then
 else
 	if ! pgrep -x dockerd >/dev/null; then
 		say "starting dockerd (log: $LOG)"
-		nohup /usr/sbin/dockerd -H "unix://$SOCK" >>"$LOG" 2>&1 &
+		# From /: nothing the engine writes lands in a checkout.
+		env -C / nohup /usr/sbin/dockerd -H "unix://$SOCK" >>"$LOG" 2>&1 </dev/null &
 	else
 		say "dockerd is running but not answering yet; waiting"
 	fi

@@ -142,7 +142,9 @@ start_service() {
 	fi
 	say "starting $name service on $sock (log: $log)"
 	rm -f "$sock"
-	setsid nohup "$@" >>"$log" 2>&1 </dev/null &
+	# From /: conmon writes files (an "oom" marker) relative to the
+	# service's working directory, which must not be a checkout.
+	env -C / setsid nohup "$@" >>"$log" 2>&1 </dev/null &
 	local i
 	for ((i = 0; i < WAIT * 10; i++)); do
 		pings "$sock" && break
