@@ -69,20 +69,12 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	user := userFrom(r.Context())
-	err := s.workspaces.PutFile(r.Context(), user.ID, chi.URLParam(r, "id"), filePath(r), r.Body, r.ContentLength, modeOf(mode))
+	info, err := s.workspaces.PutFile(r.Context(), user.ID, chi.URLParam(r, "id"), filePath(r), r.Body, r.ContentLength, modeOf(mode))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	e, err := s.workspaces.Open(r.Context(), user.ID, chi.URLParam(r, "id"), filePath(r))
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if e.Content != nil {
-		e.Content.Close()
-	}
-	writeJSON(w, http.StatusCreated, e.Info)
+	writeJSON(w, http.StatusCreated, info)
 }
 
 func (s *Server) deleteFile(w http.ResponseWriter, r *http.Request) {

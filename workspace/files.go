@@ -137,33 +137,34 @@ func (m *Manager) Open(ctx context.Context, userID, id, p string) (Entry, error)
 
 // WriteFile stores data as the file at path, creating its parents.
 func (m *Manager) WriteFile(ctx context.Context, userID, id, p string, data []byte) error {
-	return m.PutFile(ctx, userID, id, p, bytes.NewReader(data), int64(len(data)), 0)
+	_, err := m.PutFile(ctx, userID, id, p, bytes.NewReader(data), int64(len(data)), 0)
+	return err
 }
 
 // PutFile stores r (of size bytes, or -1 if unknown) as the file at path,
 // creating its parent directories. The workspace's upload limit applies:
-// errdefs.ErrTooLarge past it.
-func (m *Manager) PutFile(ctx context.Context, userID, id, p string, r io.Reader, size int64, mode fs.FileMode) error {
+// errdefs.ErrTooLarge past it. It returns the stored file's description.
+func (m *Manager) PutFile(ctx context.Context, userID, id, p string, r io.Reader, size int64, mode fs.FileMode) (FileInfo, error) {
 	clean, err := runtime.CleanPath(p)
 	if err != nil {
-		return err
+		return FileInfo{}, err
 	}
 	if clean == "" {
-		return errdefs.Invalid("invalid_path", "a file path is required")
+		return FileInfo{}, errdefs.Invalid("invalid_path", "a file path is required")
 	}
 	_, st, err := m.usable(ctx, userID, id)
 	if err != nil {
-		return err
+		return FileInfo{}, err
 	}
 	limit := int64(st.Policy.Limits.Upload)
 	if limit > 0 && size > limit {
-		return tooLarge(limit)
+		return FileInfo{}, tooLarge(limit)
 	}
 	if size < 0 {
 		// A tar header needs the size first: spool to a temporary file.
 		tmp, err := os.CreateTemp("", "corral-upload-")
 		if err != nil {
-			return fmt.Errorf("spool upload: %w", err)
+			return FileInfo{}, fmt.Errorf("spool upload: %w", err)
 		}
 		defer os.Remove(tmp.Name())
 		defer tmp.Close()
@@ -173,13 +174,13 @@ func (m *Manager) PutFile(ctx context.Context, userID, id, p string, r io.Reader
 		}
 		n, err := io.Copy(tmp, src)
 		if err != nil {
-			return fmt.Errorf("spool upload: %w", err)
+			return FileInfo{}, fmt.Errorf("spool upload: %w", err)
 		}
 		if limit > 0 && n > limit {
-			return tooLarge(limit)
+			return FileInfo{}, tooLarge(limit)
 		}
 		if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-			return fmt.Errorf("spool upload: %w", err)
+			return FileInfo{}, fmt.Errorf("spool upload: %w", err)
 		}
 		r, size = tmp, n
 	}
@@ -187,10 +188,11 @@ func (m *Manager) PutFile(ctx context.Context, userID, id, p string, r io.Reader
 		mode = 0o644
 	}
 	m.touch(id)
+	hdr := &tar.Header{Name: path.Base(clean), Typeflag: tar.TypeReg, Size: size, Mode: int64(mode.Perm()), ModTime: time.Now()}
 	pr, pw := io.Pipe()
 	go func() {
 		tw := tar.NewWriter(pw)
-		err := tw.WriteHeader(&tar.Header{Name: path.Base(clean), Typeflag: tar.TypeReg, Size: size, Mode: int64(mode.Perm()), ModTime: time.Now()})
+		err := tw.WriteHeader(hdr)
 		if err == nil {
 			var n int64
 			n, err = io.Copy(tw, io.LimitReader(r, size))
@@ -205,7 +207,10 @@ func (m *Manager) PutFile(ctx context.Context, userID, id, p string, r io.Reader
 	}()
 	err = m.rt.CopyIn(ctx, id, path.Dir("/" + clean)[1:], pr)
 	pr.CloseWithError(err)
-	return err
+	if err != nil {
+		return FileInfo{}, err
+	}
+	return infoOf(hdr, clean), nil
 }
 
 func tooLarge(limit int64) error {
