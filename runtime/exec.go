@@ -36,6 +36,17 @@ func ParseSignal(s string) (Signal, error) {
 // Num is the signal's number on this platform, 0 if unknown.
 func (s Signal) Num() syscall.Signal { return unix.SignalNum(string(s)) }
 
+// Number is the signal's number, or errdefs.ErrInvalidArgument coded
+// "invalid_signal" if s names no signal. Drivers check a Process.Signal
+// argument with it.
+func (s Signal) Number() (syscall.Signal, error) {
+	n := s.Num()
+	if n == 0 {
+		return 0, errdefs.Invalid("invalid_signal", "unknown signal %q", s)
+	}
+	return n, nil
+}
+
 // SignalResult builds the ExitResult of a command killed by sig.
 func SignalResult(sig syscall.Signal) ExitResult {
 	return ExitResult{ExitCode: 128 + int(sig), Signal: Signal(unix.SignalName(sig))}

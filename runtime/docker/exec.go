@@ -333,9 +333,9 @@ func (p *process) Wait() (runtime.ExitResult, error) {
 // Signal sends sig to the command's process group. A command that has
 // exited is not an error.
 func (p *process) Signal(ctx context.Context, sig runtime.Signal) error {
-	n := sig.Num()
-	if n == 0 {
-		return errdefs.Invalid("invalid_signal", "unknown signal %q", sig)
+	n, err := sig.Number()
+	if err != nil {
+		return err
 	}
 	select {
 	case <-p.done:

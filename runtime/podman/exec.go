@@ -335,9 +335,9 @@ func (p *process) Wait() (runtime.ExitResult, error) {
 // Signal implements runtime.Process: sig goes to the command's process
 // group. Sending to an exited command succeeds.
 func (p *process) Signal(ctx context.Context, sig runtime.Signal) error {
-	n := sig.Num()
-	if n == 0 {
-		return errdefs.Invalid("invalid_signal", "unknown signal %q", sig)
+	n, err := sig.Number()
+	if err != nil {
+		return err
 	}
 	select {
 	case <-p.done:
