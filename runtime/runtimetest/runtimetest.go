@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -269,9 +270,12 @@ func (s *suite) procsWith(t *testing.T, id, tok string) []string {
 	r := s.run(t, id, runtime.ExecSpec{Argv: []string{"sh", "-c", "for f in /proc/[0-9]*/cmdline; do cat $f; echo; done 2>/dev/null; true"}})
 	var found []string
 	for _, line := range strings.Split(r.Stdout, "\n") {
-		line = strings.ReplaceAll(line, "\x00", " ")
-		if strings.Contains(line, tok) && !strings.Contains(line, "/proc/") {
-			found = append(found, line)
+		// tok must be a whole argument: where the host's processes are
+		// visible (process runtime without namespaces), others' command
+		// lines hold long numbers that contain it.
+		args := strings.Split(strings.TrimRight(line, "\x00"), "\x00")
+		if slices.Contains(args, tok) && !strings.Contains(line, "/proc/") {
+			found = append(found, strings.Join(args, " "))
 		}
 	}
 	return found
