@@ -2,9 +2,11 @@ package runtime
 
 import (
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -26,7 +28,36 @@ type Config struct {
 	// "host" (engine socket) and "image" (default image).
 	Options map[string]string
 	Logger  hclog.Logger
+	// Network is how open-mode workspaces reach the outside.
+	Network NetworkConfig
+	// EngineTimeout bounds every call a driver makes to its engine; a call
+	// past it fails with errdefs.ErrUnavailable. Zero means 30s.
+	EngineTimeout time.Duration
 }
+
+// NetworkConfig is the operator's network settings, the same for every
+// driver.
+type NetworkConfig struct {
+	// AllowPrivate opens private and link-local ranges to open-mode
+	// workspaces, as --allow-private-egress does for allowlists. The host's
+	// own addresses, the server and other workspaces stay out of reach.
+	AllowPrivate bool
+	// UnsafeShared puts open-mode workspaces on the engine's shared network
+	// (or, for the process driver, the host's), where they can reach each
+	// other and the host. Only an operator's explicit
+	// --unsafe-shared-network sets it.
+	UnsafeShared bool
+	// Subnet is the IPv4 range a driver may take addresses for open-mode
+	// sandboxes from (the process driver leases a /30 per workspace). Zero
+	// means 10.213.0.0/16. Servers sharing a host need disjoint subnets.
+	Subnet netip.Prefix
+}
+
+// DefaultSubnet is NetworkConfig.Subnet's default.
+var DefaultSubnet = netip.MustParsePrefix("10.213.0.0/16")
+
+// DefaultEngineTimeout is Config.EngineTimeout's default.
+const DefaultEngineTimeout = 30 * time.Second
 
 // Factory opens a driver. It probes the host and fails with a clear error if
 // the engine is unreachable.

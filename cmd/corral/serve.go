@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -35,6 +36,9 @@ type serveConfig struct {
 	defaultLimits, maxLimits    string
 	defaultNetwork              string
 	allowPrivate                bool
+	unsafeSharedNetwork         bool
+	subnet                      string
+	engineTimeout               string
 	bootstrapAdmin              bool
 	apiKeys                     string
 }
@@ -54,6 +58,9 @@ func serve(args []string) error {
 	fs.StringVar(&c.maxLimits, "max-limits", env("CORRAL_MAX_LIMITS", ""), `JSON maximum limits, e.g. '{"memory":"4GiB","cpus":2}' (env CORRAL_MAX_LIMITS)`)
 	fs.StringVar(&c.defaultNetwork, "default-network", env("CORRAL_DEFAULT_NETWORK", "open"), "network mode of requests that set none: none, allowlist or open (env CORRAL_DEFAULT_NETWORK)")
 	fs.BoolVar(&c.allowPrivate, "allow-private-egress", env("CORRAL_ALLOW_PRIVATE_EGRESS", "") == "true", "let allowlists name loopback, link-local and private addresses (env CORRAL_ALLOW_PRIVATE_EGRESS=true)")
+	fs.BoolVar(&c.unsafeSharedNetwork, "unsafe-shared-network", env("CORRAL_UNSAFE_SHARED_NETWORK", "") == "true", "UNSAFE: put open-mode workspaces on a shared network where they can reach each other and the host (env CORRAL_UNSAFE_SHARED_NETWORK=true)")
+	fs.StringVar(&c.subnet, "subnet", env("CORRAL_SUBNET", runtime.DefaultSubnet.String()), "IPv4 range for open-mode sandbox addresses; servers sharing a host need disjoint ranges (env CORRAL_SUBNET)")
+	fs.StringVar(&c.engineTimeout, "engine-timeout", env("CORRAL_ENGINE_TIMEOUT", runtime.DefaultEngineTimeout.String()), "deadline of every call to the container engine (env CORRAL_ENGINE_TIMEOUT)")
 	fs.BoolVar(&c.bootstrapAdmin, "bootstrap-admin", false, "create user admin with a key, printed once, if it has none")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -111,8 +118,22 @@ func run(ctx context.Context, c serveConfig, log hclog.Logger) error {
 	if err := os.MkdirAll(rtDir, 0o711); err != nil {
 		return fmt.Errorf("runtime dir: %w", err)
 	}
+	subnet, err := netip.ParsePrefix(c.subnet)
+	if err != nil || !subnet.Addr().Is4() || subnet.Bits() > 28 {
+		return fmt.Errorf("--subnet %q: want an IPv4 range of /28 or wider, e.g. 10.213.0.0/16", c.subnet)
+	}
+	engineTimeout, err := time.ParseDuration(c.engineTimeout)
+	if err != nil || engineTimeout <= 0 || engineTimeout > time.Hour {
+		return fmt.Errorf("--engine-timeout %q: want a duration between 1s and 1h, e.g. 30s", c.engineTimeout)
+	}
 	rt, err := runtime.Open(c.runtime, runtime.Config{
 		DataDir: rtDir, ServerID: serverID, InitPath: initPath, Options: opts, Logger: log,
+		Network: runtime.NetworkConfig{
+			AllowPrivate: c.allowPrivate,
+			UnsafeShared: c.unsafeSharedNetwork,
+			Subnet:       subnet.Masked(),
+		},
+		EngineTimeout: engineTimeout,
 	})
 	if err != nil {
 		return err
