@@ -166,3 +166,9 @@ func IsDenied(addr netip.Addr) bool {
 	}
 	return false
 }
+
+// DeniedRanges returns the ranges IsDenied refuses, for enforcement outside
+// the proxy (a driver's firewall rules). The slice is a copy.
+func DeniedRanges() []netip.Prefix {
+	return append([]netip.Prefix(nil), deniedRanges...)
+}
