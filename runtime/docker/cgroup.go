@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -105,25 +103,3 @@ func oomCounterFile(procCgroup []byte) string {
 	return ""
 }
 
-// listening reports whether a TCP socket listens on addr (IPv4) in the
-// network namespace of host process pid.
-func listening(pid int, addr string) bool {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil || !ap.Addr().Is4() {
-		return false
-	}
-	a := ap.Addr().As4()
-	// /proc/net/tcp writes the address as a little-endian hex word.
-	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", a[3], a[2], a[1], a[0], ap.Port())
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/net/tcp")
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) > 3 && f[1] == want && f[3] == "0A" {
-			return true
-		}
-	}
-	return false
-}

@@ -1,11 +1,8 @@
 package docker
 
 import (
-	"net"
-	"os"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -237,21 +234,5 @@ func TestObjectName(t *testing.T) {
 	l := d.labels("ws_1", map[string]string{"a": "b", runtime.LabelServer: "spoofed"})
 	if l[runtime.LabelServer] != "srv/1 x" || l[runtime.LabelManaged] != "true" || l[runtime.LabelWorkspace] != "ws_1" || l["a"] != "b" {
 		t.Errorf("labels = %v", l)
-	}
-}
-
-func TestListening(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	if !listening(os.Getpid(), ln.Addr().String()) {
-		t.Errorf("listening(%s) = false for our own listener", ln.Addr())
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	if listening(os.Getpid(), "127.0.0.1:"+strconv.Itoa(port)) {
-		t.Errorf("listening after close")
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/runtime/internal/procnet"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 )
@@ -112,10 +113,6 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	return nil
 }
 
-// forwarderWait bounds how long Start waits for an allowlist workspace's
-// proxy forwarder to listen.
-const forwarderWait = 10 * time.Second
-
 // waitForwarder returns once the egress forwarder of `corral init --proxy`
 // listens in the container, so that the first command's requests find it.
 // It reads PID 1's TCP table from the host; where the host cannot see the
@@ -125,22 +122,7 @@ func (d *Driver) waitForwarder(ctx context.Context, name string) error {
 	if !hv.visible || hv.pid <= 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, forwarderWait)
-	defer cancel()
-	for {
-		if listening(hv.pid, runtime.ProxyListenAddr) {
-			return nil
-		}
-		if !ownedBy(hv.pid, hv.containerID) {
-			return errdefs.New(errdefs.ErrFailedPrecondition, "init_failed", "corral init exited in the workspace (see the container's log)")
-		}
-		select {
-		case <-ctx.Done():
-			return errdefs.New(errdefs.ErrFailedPrecondition, "proxy_unavailable",
-				"the egress proxy forwarder did not listen on %s within %s (does this corral init support --proxy?)", runtime.ProxyListenAddr, forwarderWait)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	return procnet.WaitForwarder(ctx, hv.pid, func() bool { return ownedBy(hv.pid, hv.containerID) })
 }
 
 // Stop kills every process in the workspace (the container with all it

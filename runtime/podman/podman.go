@@ -54,6 +54,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,6 +72,7 @@ import (
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/runtime/internal/procnet"
 )
 
 // Name is the name the driver is registered under.
@@ -492,8 +494,35 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	if err := containers.Start(d.ctx(ctx), containerName(id), nil); err != nil {
 		return fmt.Errorf("start workspace %s: %w", id, mapErr(err))
 	}
+	if err := d.waitForwarder(ctx, id); err != nil {
+		return fmt.Errorf("start workspace %s: %w", id, err)
+	}
 	d.log.Info("workspace started", "workspace_id", id)
 	return nil
+}
+
+// waitForwarder returns once an allowlist workspace's egress forwarder
+// (`corral init --proxy`) listens, so that its first command finds it, as
+// the docker driver does. A container whose PID 1 the host cannot see (a
+// remote engine) is not waited for.
+func (d *Driver) waitForwarder(ctx context.Context, id string) error {
+	data, err := d.inspect(ctx, id)
+	if err != nil {
+		return err
+	}
+	if data.Config == nil || !slices.Contains(data.Config.Entrypoint, "--proxy") || data.State == nil || data.State.Pid <= 0 {
+		return nil
+	}
+	// Rootless containers on cgroup v1 have no cgroup of their own to
+	// recognise PID 1 by: it is alive while its /proc entry is.
+	proc := "/proc/" + strconv.Itoa(data.State.Pid)
+	if _, err := os.Stat(proc + "/net/tcp"); err != nil {
+		return nil // not on this host
+	}
+	return procnet.WaitForwarder(ctx, data.State.Pid, func() bool {
+		_, err := os.Stat(proc)
+		return err == nil
+	})
 }
 
 // Stop implements runtime.Runtime: PID 1 gets SIGTERM, everything else is
