@@ -102,4 +102,3 @@ func oomCounterFile(procCgroup []byte) string {
 	}
 	return ""
 }
-
