@@ -8,6 +8,7 @@ package policy
 
 import (
 	"fmt"
+	goruntime "runtime"
 	"sort"
 	"strings"
 
@@ -66,6 +67,10 @@ type Config struct {
 	// AllowPrivate lets allowlists name loopback, link-local and private
 	// addresses (and the server itself). Off by default.
 	AllowPrivate bool
+	// HostCPUs is how many CPUs workspaces share on this host; a cpus limit
+	// above it is refused ("limit_exceeds_host"), whatever Max says. Zero
+	// means the CPUs this process may run on (runtime.NumCPU).
+	HostCPUs int
 }
 
 // DefaultConfig is what the server uses when the operator sets nothing.
@@ -141,8 +146,12 @@ func (c Config) Resolve(req Policy) (Policy, error) {
 	}
 	// A default never exceeds the maximum, whatever the operator set.
 	m := c.Max
+	host := float64(c.HostCPUs)
+	if host <= 0 {
+		host = float64(goruntime.NumCPU())
+	}
 	fill(&l.Memory, capAt(d.Memory, m.Memory))
-	fill(&l.CPUs, capAt(d.CPUs, m.CPUs))
+	fill(&l.CPUs, capAt(capAt(d.CPUs, m.CPUs), host))
 	fill(&l.Pids, capAt(d.Pids, m.Pids))
 	fill(&l.Disk, capAt(d.Disk, m.Disk))
 	fill(&l.NoFile, capAt(d.NoFile, m.NoFile))
@@ -171,6 +180,9 @@ func (c Config) Resolve(req Policy) (Policy, error) {
 		if x.max > 0 && x.got > x.max {
 			return Policy{}, errdefs.Invalid("limit_exceeds_max", "%s limit %s exceeds this server's maximum", x.name, x.formatted)
 		}
+	}
+	if l.CPUs > host {
+		return Policy{}, errdefs.Invalid("limit_exceeds_host", "cpus limit %g exceeds the %g CPUs of this host", l.CPUs, host)
 	}
 
 	n := &out.Network
