@@ -8,6 +8,7 @@ package policy
 
 import (
 	"fmt"
+	"math"
 	goruntime "runtime"
 	"sort"
 	"strings"
@@ -132,8 +133,12 @@ func (c Config) Resolve(req Policy) (Policy, error) {
 	out := req
 	l := &out.Limits
 	d := c.Defaults
-	if l.CPUs < 0 || l.Pids < 0 || l.NoFile < 0 {
+	if l.CPUs < 0 || l.Pids < 0 || l.NoFile < 0 || l.Memory < 0 || l.Disk < 0 || l.Upload < 0 || l.Output < 0 ||
+		l.Timeout < 0 || l.IdleTimeout < 0 || l.Lifetime < 0 {
 		return Policy{}, errdefs.Invalid("invalid_limit", "limits must not be negative")
+	}
+	if math.IsNaN(l.CPUs) || math.IsInf(l.CPUs, 0) {
+		return Policy{}, errdefs.Invalid("invalid_limit", "cpus limit must be a finite number")
 	}
 	if l.CPUs != 0 && l.CPUs < 0.01 {
 		return Policy{}, errdefs.Invalid("invalid_limit", "cpus limit %g is below the minimum of 0.01", l.CPUs)
