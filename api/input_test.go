@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/corralhq/corral/api"
+	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/store"
 )
 
@@ -250,4 +251,32 @@ func TestBodyIdleDeadline(t *testing.T) {
 			t.Fatalf("steady body: %d %s", code, body)
 		}
 	})
+}
+
+// TestDefaultDiskCap: where the runtime can enforce a disk limit, a
+// workspace that asks for none gets the 10 GiB default, and its file
+// system really is that size; where it cannot, the default is dropped
+// rather than refusing every create.
+func TestDefaultDiskCap(t *testing.T) {
+	e := newEnv(t, processBackend)
+	ws := e.createWorkspace(e.alice, nil)
+	if !e.rt.Capabilities().Policy.Disk {
+		if ws.Limits.Disk != 0 {
+			t.Fatalf("runtime cannot enforce disk, yet the workspace has disk %s", ws.Limits.Disk)
+		}
+		return
+	}
+	if ws.Limits.Disk != policy.DefaultDisk {
+		t.Fatalf("default disk %s, want %s", ws.Limits.Disk, policy.DefaultDisk)
+	}
+	res := e.execute(e.alice, ws.ID, map[string]any{"command": "df -Pk . | tail -1"})
+	f := strings.Fields(res.Stdout)
+	if res.ExitCode != 0 || len(f) < 2 {
+		t.Fatalf("df: %+v", res)
+	}
+	kib, err := strconv.ParseInt(f[1], 10, 64)
+	t.Logf("workspace file system: %s KiB", f[1])
+	if err != nil || kib <= 0 || kib > int64(policy.DefaultDisk)/1024 {
+		t.Fatalf("the workspace's file system has %s KiB, want at most %d", f[1], int64(policy.DefaultDisk)/1024)
+	}
 }

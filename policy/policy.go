@@ -74,13 +74,20 @@ type Config struct {
 	HostCPUs int
 }
 
+// DefaultDisk is the default disk limit: 10 GiB.
+const DefaultDisk Bytes = 10 << 30
+
 // DefaultConfig is what the server uses when the operator sets nothing.
 func DefaultConfig() Config {
 	return Config{
 		Defaults: Limits{
-			Memory:      1 << 30,
-			CPUs:        1,
-			Pids:        512,
+			Memory: 1 << 30,
+			CPUs:   1,
+			Pids:   512,
+			// A disk cap by default where the runtime can enforce one, so
+			// that no workspace fills the host's file system unless an
+			// operator chooses so (--default-limits '{"disk":0}').
+			Disk:        DefaultDisk,
 			NoFile:      4096,
 			Timeout:     Duration(60e9),
 			IdleTimeout: Duration(15 * 60e9),
