@@ -21,6 +21,7 @@ func BenchmarkNoisyNeighbour(b *testing.B) {
 		// Each process forks in a loop: at the pids limit forks fail
 		// at once and the loops spin, the worst case for the scheduler.
 		{"neighbour=forkbomb", `f(){ while :; do f & done; }; f`},
+		{"neighbour=forkbomb-quiet", `exec 2>/dev/null; f(){ while :; do f & done; }; f`},
 		{"neighbour=4-spinners", `for i in 1 2 3 4; do (while :; do :; done) & done; wait`},
 	} {
 		b.Run(c.name, func(b *testing.B) {
