@@ -25,6 +25,10 @@ type Config struct {
 	Logger        hclog.Logger
 	// Version is reported by /health.
 	Version string
+	// BodyIdleTimeout is how long a request body may send nothing before
+	// the request fails with 408 "body_timeout" (default
+	// DefaultBodyIdleTimeout).
+	BodyIdleTimeout time.Duration
 }
 
 // Server is the HTTP API. Build it with New and serve Handler().
@@ -35,6 +39,7 @@ type Server struct {
 	log           hclog.Logger
 	version       string
 	metrics       *metrics
+	bodyIdle      time.Duration
 }
 
 // New returns a Server. With conversations it also makes a workspace's
@@ -48,13 +53,17 @@ func New(cfg Config) *Server {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Server{db: cfg.DB, workspaces: cfg.Workspaces, conversations: cfg.Conversations, log: log, version: cfg.Version, metrics: newMetrics()}
+	bodyIdle := cfg.BodyIdleTimeout
+	if bodyIdle <= 0 {
+		bodyIdle = DefaultBodyIdleTimeout
+	}
+	return &Server{db: cfg.DB, workspaces: cfg.Workspaces, conversations: cfg.Conversations, log: log, version: cfg.Version, metrics: newMetrics(), bodyIdle: bodyIdle}
 }
 
 // Handler returns the router.
 func (s *Server) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(s.recoverer, s.accessLog)
+	r.Use(s.recoverer, s.accessLog, s.bodyDeadline)
 	r.Get("/health", s.health)
 	r.Get("/ready", s.ready)
 	r.Get("/metrics", s.metrics.serve)

@@ -150,7 +150,7 @@ func TestBadInput(t *testing.T) {
 		{"trailing data", "POST", "/workspaces", `{} {}`, 400, "invalid_json"},
 		{"wrong type", "POST", "/workspaces", `{"env": []}`, 400, "invalid_json"},
 		{"oversized body", "POST", "/workspaces", `{"image":"` + strings.Repeat("a", 2<<20) + `"}`, 413, "body_too_large"},
-		{"bad size", "POST", "/workspaces", `{"limits":{"memory":"lots"}}`, 400, "invalid_json"},
+		{"bad size", "POST", "/workspaces", `{"limits":{"memory":"lots"}}`, 400, "invalid_limit"},
 		{"over max", "POST", "/workspaces", `{"limits":{"pids":1000000}}`, 400, "limit_exceeds_max"},
 		{"bad network", "POST", "/workspaces", `{"network":{"mode":"wide"}}`, 400, "invalid_network"},
 		{"hosts without allowlist", "POST", "/workspaces", `{"network":{"mode":"none","allowed_hosts":["a.com"]}}`, 400, "invalid_network"},

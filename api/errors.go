@@ -21,6 +21,8 @@ func statusOf(err error) int {
 		return http.StatusUnprocessableEntity
 	case errors.Is(err, errdefs.ErrUnauthenticated):
 		return http.StatusUnauthorized
+	case errors.Is(err, errRequestTimeout):
+		return http.StatusRequestTimeout
 	case errors.Is(err, errdefs.ErrTooLarge):
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, errdefs.ErrNotImplemented):

@@ -172,7 +172,7 @@ func readFrame(ctx context.Context, conn *websocket.Conn, v any) error {
 	if err != nil {
 		return err
 	}
-	return json.Unmarshal(b, v)
+	return unmarshalFrame(b, v)
 }
 
 // frameWriter sends what a command writes as stdout or stderr frames, once

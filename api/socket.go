@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"time"
@@ -66,7 +65,7 @@ func (s *Server) acceptSocket(w http.ResponseWriter, r *http.Request, check func
 	var f authFrame
 	_, data, err := conn.Read(ctx)
 	if err == nil {
-		err = json.Unmarshal(data, &f)
+		err = unmarshalFrame(data, &f)
 	}
 	if err != nil || f.Type != "auth" {
 		conn.Close(CloseUnauthenticated, "first frame must be {\"type\":\"auth\",\"key\":\"...\"}")

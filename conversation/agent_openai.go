@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"syscall"
 	"time"
@@ -53,15 +52,15 @@ func (s *Service) newOpenAIAgent(c store.Conversation, llm LLMConfig) (Agent, er
 }
 
 // llmHTTPClient is the client for the default agent: for an endpoint a user
-// chose, one that refuses to connect to denied addresses (unless the
-// operator allows them) and ignores proxy settings, so the check applies to
+// chose, one that refuses to connect to denied addresses, the server's own
+// included (unless the operator allows private endpoints) and ignores proxy settings, so the check applies to
 // the endpoint itself.
 func (s *Service) llmHTTPClient(userChosen bool) *http.Client {
 	if !userChosen || s.cfg.AllowPrivateLLMOverride {
 		return s.cfg.HTTPClient
 	}
 	s.guardOnce.Do(func() {
-		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: denyPrivate}
+		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: denyAddress}
 		s.guarded = &http.Client{Transport: &http.Transport{
 			DialContext: d.DialContext, ForceAttemptHTTP2: true, MaxIdleConns: 100,
 			IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 10 * time.Second,
@@ -70,16 +69,16 @@ func (s *Service) llmHTTPClient(userChosen bool) *http.Client {
 	return s.guarded
 }
 
-// denyPrivate is a net.Dialer Control that refuses the addresses the egress
-// proxy refuses by default (loopback, link-local, private ranges).
-func denyPrivate(network, address string, _ syscall.RawConn) error {
-	ap, err := netip.ParseAddrPort(address)
-	if err != nil {
-		return errdefs.New(errdefs.ErrFailedPrecondition, "llm_address_denied", "LLM endpoint address %q is not an IP address", address)
-	}
-	if policy.IsDenied(ap.Addr()) {
+// denyAddress is a net.Dialer Control that applies the server's one
+// outbound address policy (policy.CheckAddress: loopback, link-local,
+// private and metadata ranges, and every address of this machine) to the
+// address each connection dials, so a name that resolves differently by
+// the time it is dialled cannot slip through. Refusals carry the code
+// "llm_address_denied".
+func denyAddress(network, address string, c syscall.RawConn) error {
+	if err := policy.DialControl(false)(network, address, c); err != nil {
 		return errdefs.New(errdefs.ErrFailedPrecondition, "llm_address_denied",
-			"LLM endpoint %s is a loopback, link-local or private address, which conversations may not use unless the operator allows it (CORRAL_LLM_ALLOW_PRIVATE)", ap.Addr())
+			"LLM endpoint %s refused: %v; conversations may not use it unless the operator allows private endpoints (CORRAL_LLM_ALLOW_PRIVATE)", address, err)
 	}
 	return nil
 }

@@ -196,7 +196,8 @@ type Config struct {
 	// behind before it is dropped with ErrLagged (default 1024).
 	SubscriberBuffer int
 	// AllowPrivateLLMOverride lets a conversation's own llm.base_url reach
-	// loopback, link-local and private addresses. Off by default, so that
+	// loopback, link-local and private addresses and this server's own
+	// addresses (see policy.CheckAddress). Off by default, so that
 	// users cannot make the server call its own network; the server's
 	// configured endpoint (for example a local Ollama) is always allowed.
 	AllowPrivateLLMOverride bool

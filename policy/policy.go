@@ -8,6 +8,8 @@ package policy
 
 import (
 	"fmt"
+	"math"
+	goruntime "runtime"
 	"sort"
 	"strings"
 
@@ -66,15 +68,26 @@ type Config struct {
 	// AllowPrivate lets allowlists name loopback, link-local and private
 	// addresses (and the server itself). Off by default.
 	AllowPrivate bool
+	// HostCPUs is how many CPUs workspaces share on this host; a cpus limit
+	// above it is refused ("limit_exceeds_host"), whatever Max says. Zero
+	// means the CPUs this process may run on (runtime.NumCPU).
+	HostCPUs int
 }
+
+// DefaultDisk is the default disk limit: 10 GiB.
+const DefaultDisk Bytes = 10 << 30
 
 // DefaultConfig is what the server uses when the operator sets nothing.
 func DefaultConfig() Config {
 	return Config{
 		Defaults: Limits{
-			Memory:      1 << 30,
-			CPUs:        1,
-			Pids:        512,
+			Memory: 1 << 30,
+			CPUs:   1,
+			Pids:   512,
+			// A disk cap by default where the runtime can enforce one, so
+			// that no workspace fills the host's file system unless an
+			// operator chooses so (--default-limits '{"disk":0}').
+			Disk:        DefaultDisk,
 			NoFile:      4096,
 			Timeout:     Duration(60e9),
 			IdleTimeout: Duration(15 * 60e9),
@@ -127,8 +140,12 @@ func (c Config) Resolve(req Policy) (Policy, error) {
 	out := req
 	l := &out.Limits
 	d := c.Defaults
-	if l.CPUs < 0 || l.Pids < 0 || l.NoFile < 0 {
+	if l.CPUs < 0 || l.Pids < 0 || l.NoFile < 0 || l.Memory < 0 || l.Disk < 0 || l.Upload < 0 || l.Output < 0 ||
+		l.Timeout < 0 || l.IdleTimeout < 0 || l.Lifetime < 0 {
 		return Policy{}, errdefs.Invalid("invalid_limit", "limits must not be negative")
+	}
+	if math.IsNaN(l.CPUs) || math.IsInf(l.CPUs, 0) {
+		return Policy{}, errdefs.Invalid("invalid_limit", "cpus limit must be a finite number")
 	}
 	if l.CPUs != 0 && l.CPUs < 0.01 {
 		return Policy{}, errdefs.Invalid("invalid_limit", "cpus limit %g is below the minimum of 0.01", l.CPUs)
@@ -141,8 +158,12 @@ func (c Config) Resolve(req Policy) (Policy, error) {
 	}
 	// A default never exceeds the maximum, whatever the operator set.
 	m := c.Max
+	host := float64(c.HostCPUs)
+	if host <= 0 {
+		host = float64(goruntime.NumCPU())
+	}
 	fill(&l.Memory, capAt(d.Memory, m.Memory))
-	fill(&l.CPUs, capAt(d.CPUs, m.CPUs))
+	fill(&l.CPUs, capAt(capAt(d.CPUs, m.CPUs), host))
 	fill(&l.Pids, capAt(d.Pids, m.Pids))
 	fill(&l.Disk, capAt(d.Disk, m.Disk))
 	fill(&l.NoFile, capAt(d.NoFile, m.NoFile))
@@ -171,6 +192,9 @@ func (c Config) Resolve(req Policy) (Policy, error) {
 		if x.max > 0 && x.got > x.max {
 			return Policy{}, errdefs.Invalid("limit_exceeds_max", "%s limit %s exceeds this server's maximum", x.name, x.formatted)
 		}
+	}
+	if l.CPUs > host {
+		return Policy{}, errdefs.Invalid("limit_exceeds_host", "cpus limit %g exceeds the %g CPUs of this host", l.CPUs, host)
 	}
 
 	n := &out.Network

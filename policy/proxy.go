@@ -107,10 +107,6 @@ type Proxy struct {
 	mu       sync.Mutex
 	ws       map[string]*proxyWorkspace
 	shutdown bool
-
-	selfMu   sync.Mutex
-	self     map[netip.Addr]bool
-	selfTime time.Time
 }
 
 // proxyWorkspace is the listener and live state of one workspace.
@@ -514,7 +510,7 @@ func (p *Proxy) dial(w *proxyWorkspace, c net.Conn, method, host string, port in
 	ok := addrs[:0:0]
 	for _, a := range addrs {
 		a = a.Unmap()
-		if a.Zone() != "" || p.denied(a) {
+		if CheckAddress(a, p.AllowPrivate) != nil {
 			d.Addr = a
 			continue
 		}
@@ -530,7 +526,9 @@ func (p *Proxy) dial(w *proxyWorkspace, c net.Conn, method, host string, port in
 		return nil
 	}
 
-	var dialer net.Dialer
+	// The dialer checks again what it actually connects to: the one
+	// address policy, applied at connect time.
+	dialer := net.Dialer{Control: DialControl(p.AllowPrivate)}
 	var lastErr error
 	for _, a := range ok {
 		up, err := dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, uint16(port)).String())
@@ -549,34 +547,6 @@ func (p *Proxy) dial(w *proxyWorkspace, c net.Conn, method, host string, port in
 	w.log.Trace("proxy upstream unreachable", "target", target, "error", lastErr)
 	writeError(c, http.StatusBadGateway, fmt.Sprintf("corral: cannot connect to %s\n", target))
 	return nil
-}
-
-// denied reports whether a is an address the proxy refuses: the denied
-// ranges and this machine's own addresses, unless AllowPrivate.
-func (p *Proxy) denied(a netip.Addr) bool {
-	if p.AllowPrivate {
-		return false
-	}
-	return IsDenied(a) || p.isSelf(a)
-}
-
-// isSelf reports whether a is one of this machine's addresses (the server
-// itself), refreshing the list at most every 30 seconds.
-func (p *Proxy) isSelf(a netip.Addr) bool {
-	p.selfMu.Lock()
-	defer p.selfMu.Unlock()
-	if p.self == nil || time.Since(p.selfTime) > 30*time.Second {
-		self := map[netip.Addr]bool{}
-		if ifas, err := net.InterfaceAddrs(); err == nil {
-			for _, ifa := range ifas {
-				if pfx, err := netip.ParsePrefix(ifa.String()); err == nil {
-					self[pfx.Addr().Unmap()] = true
-				}
-			}
-		}
-		p.self, p.selfTime = self, time.Now()
-	}
-	return p.self[a]
 }
 
 // connect serves a CONNECT request: check, dial, answer 200, splice.

@@ -1,12 +1,34 @@
 package policy
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/corralhq/corral/errdefs"
 )
+
+// CodeInvalidLimit is the code of a duration or size that is not a valid,
+// representable value: negative, malformed, or too large to convert (a
+// JSON number like 1e308 or 9223372037 seconds). Values that convert but
+// exceed the server's maximum are refused later by Config.Resolve with
+// "limit_exceeds_max".
+const CodeInvalidLimit = "invalid_limit"
+
+// maxBytes is the largest size accepted anywhere (4 EiB): far above any real
+// limit, and far enough below math.MaxInt64 that sums and conversions to
+// other integer types cannot overflow.
+const maxBytes = 1 << 62
+
+// isJSONNumber reports whether data is a JSON number rather than a string.
+func isJSONNumber(data []byte) bool {
+	data = bytes.TrimSpace(data)
+	return len(data) > 0 && (data[0] == '-' || data[0] >= '0' && data[0] <= '9')
+}
 
 // Bytes is a size in bytes. In JSON it is a number of bytes or a string with a
 // binary or decimal unit: "256MiB", "1GiB", "512k", "100MB".
@@ -33,8 +55,8 @@ func ParseBytes(s string) (Bytes, error) {
 		return 0, fmt.Errorf("invalid size %q (want e.g. 256MiB, 1GiB)", s)
 	}
 	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || f < 0 || f*float64(mult) > 1<<62 {
-		return 0, fmt.Errorf("invalid size %q", s)
+	if err != nil || f < 0 || f*float64(mult) > maxBytes {
+		return 0, fmt.Errorf("invalid size %q (at most 4EiB)", s)
 	}
 	return Bytes(f * float64(mult)), nil
 }
@@ -54,22 +76,27 @@ func (b Bytes) String() string {
 
 func (b Bytes) MarshalJSON() ([]byte, error) { return json.Marshal(b.String()) }
 
+// UnmarshalJSON reads a whole, non-negative number of bytes up to 4 EiB, or
+// a string ParseBytes accepts. Every other value is refused with
+// errdefs.ErrInvalidArgument coded "invalid_limit", before any conversion
+// can wrap around.
 func (b *Bytes) UnmarshalJSON(data []byte) error {
-	var n int64
-	if err := json.Unmarshal(data, &n); err == nil {
-		if n < 0 {
-			return fmt.Errorf("size must not be negative")
+	if isJSONNumber(data) {
+		raw := string(bytes.TrimSpace(data))
+		f, err := strconv.ParseFloat(raw, 64)
+		if err != nil || f < 0 || f > maxBytes || f != math.Trunc(f) {
+			return errdefs.Invalid(CodeInvalidLimit, "size %s is not a whole number of bytes from 0 to 4EiB", raw)
 		}
-		*b = Bytes(n)
+		*b = Bytes(f)
 		return nil
 	}
 	var s string
 	if err := json.Unmarshal(data, &s); err != nil {
-		return fmt.Errorf("size must be a number of bytes or a string like \"256MiB\"")
+		return errdefs.Invalid(CodeInvalidLimit, "size must be a number of bytes or a string like \"256MiB\"")
 	}
 	v, err := ParseBytes(s)
 	if err != nil {
-		return err
+		return errdefs.Invalid(CodeInvalidLimit, "%v", err)
 	}
 	*b = v
 	return nil
@@ -83,22 +110,34 @@ func (d Duration) String() string { return time.Duration(d).String() }
 
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
 
+// maxDurationSeconds is the longest duration a JSON number may give: about
+// 292 years, the range of time.Duration. Longer ones would wrap around to a
+// negative duration on conversion.
+const maxDurationSeconds = float64(math.MaxInt64) / float64(time.Second)
+
+// UnmarshalJSON reads a Go duration string ("30s", "15m") or a number of
+// seconds. Negative, malformed and unrepresentable values (1e308,
+// 9223372037 seconds) are refused with errdefs.ErrInvalidArgument coded
+// "invalid_limit", before any conversion can wrap around.
 func (d *Duration) UnmarshalJSON(data []byte) error {
-	var secs float64
-	if err := json.Unmarshal(data, &secs); err == nil {
-		if secs < 0 {
-			return fmt.Errorf("duration must not be negative")
+	if isJSONNumber(data) {
+		raw := string(bytes.TrimSpace(data))
+		secs, err := strconv.ParseFloat(raw, 64)
+		ns := secs * float64(time.Second)
+		// >= : float64(math.MaxInt64) rounds up to 2^63, itself out of range.
+		if err != nil || secs < 0 || ns >= float64(math.MaxInt64) {
+			return errdefs.Invalid(CodeInvalidLimit, "duration %s is not a number of seconds from 0 to %.0f", raw, maxDurationSeconds)
 		}
-		*d = Duration(secs * float64(time.Second))
+		*d = Duration(ns)
 		return nil
 	}
 	var s string
 	if err := json.Unmarshal(data, &s); err != nil {
-		return fmt.Errorf("duration must be a string like \"30s\" or a number of seconds")
+		return errdefs.Invalid(CodeInvalidLimit, "duration must be a string like \"30s\" or a number of seconds")
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil || v < 0 {
-		return fmt.Errorf("invalid duration %q (want e.g. 30s, 15m)", s)
+		return errdefs.Invalid(CodeInvalidLimit, "invalid duration %q (want e.g. 30s, 15m; not negative, at most 2562047h)", s)
 	}
 	*d = Duration(v)
 	return nil

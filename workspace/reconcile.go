@@ -38,6 +38,9 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		if row.Runtime != m.rt.Name() {
 			continue // another runtime's; left alone
 		}
+		if !m.flagUndecodable(ctx, row) {
+			continue
+		}
 		s, exists := byID[row.ID]
 		if err := m.reconcileOne(ctx, row, s, exists); err != nil {
 			m.log.Error("reconcile workspace", "workspace_id", row.ID, "error", err)

@@ -189,6 +189,11 @@ func (m *Manager) Create(ctx context.Context, user store.User, spec Spec, progre
 	if err != nil {
 		return Workspace{}, fmt.Errorf("encode workspace spec: %w", err)
 	}
+	// Store only what reads back: a spec that cannot be decoded would make
+	// the workspace unreadable from then on.
+	if _, err := decode(store.Workspace{ID: "new workspace", Spec: raw}); err != nil {
+		return Workspace{}, err
+	}
 	now := time.Now().UTC()
 	row := store.Workspace{
 		ID: store.NewID("ws"), UserID: user.ID, Runtime: m.rt.Name(), Image: image,
@@ -260,7 +265,12 @@ func (m *Manager) Get(ctx context.Context, userID, id string) (Workspace, error)
 	if err != nil {
 		return Workspace{}, err
 	}
-	return view(row)
+	w, err := view(row)
+	if err != nil {
+		m.log.Warn("workspace spec cannot be decoded", "workspace_id", row.ID, "user_id", row.UserID, "error", err)
+		return brokenView(row, err), nil
+	}
+	return w, nil
 }
 
 // List returns a page of a user's workspaces after the ID after, and the
@@ -297,7 +307,10 @@ func (m *Manager) List(ctx context.Context, userID, after string, limit int) ([]
 	for _, r := range rows {
 		w, err := view(r)
 		if err != nil {
-			return nil, "", err
+			// One bad row must not hide the others: it is listed as
+			// broken (Reconcile flags it in the store at start-up).
+			m.log.Warn("workspace spec cannot be decoded", "workspace_id", r.ID, "user_id", r.UserID, "error", err)
+			w = brokenView(r, err)
 		}
 		out = append(out, w)
 	}
@@ -406,12 +419,43 @@ func (m *Manager) Close() {
 	m.records.Wait()
 }
 
+// decode reads a workspace's stored spec. A spec that cannot be read is
+// errdefs.ErrFailedPrecondition coded "workspace_corrupt": the workspace
+// can still be listed, shown and deleted, but not used.
 func decode(row store.Workspace) (stored, error) {
 	var st stored
 	if err := json.Unmarshal(row.Spec, &st); err != nil {
-		return st, fmt.Errorf("decode spec of %s: %w", row.ID, err)
+		return st, errdefs.New(errdefs.ErrFailedPrecondition, "workspace_corrupt",
+			"the stored settings of workspace %s cannot be read (%v); delete it", row.ID, err)
 	}
 	return st, nil
+}
+
+// brokenView shows a workspace whose spec cannot be decoded: state error,
+// with the reason, and no settings.
+func brokenView(row store.Workspace, err error) Workspace {
+	return Workspace{
+		ID: row.ID, State: StateError, Runtime: row.Runtime, Image: row.Image, Error: err.Error(),
+		CreatedAt: row.CreatedAt, UpdatedAt: row.UpdatedAt, LastUsedAt: row.LastUsedAt,
+	}
+}
+
+// flagUndecodable marks a workspace whose stored spec cannot be decoded as
+// errored, with the reason, and reports whether the spec is fine. Run at
+// start-up, so that such a row is visible as broken (and deletable) rather
+// than failing whatever reads it.
+func (m *Manager) flagUndecodable(ctx context.Context, row store.Workspace) bool {
+	_, err := decode(row)
+	if err == nil {
+		return true
+	}
+	m.log.Warn("workspace spec cannot be decoded; marking it errored", "workspace_id", row.ID, "user_id", row.UserID, "error", err)
+	if row.State != StateError || row.Error != err.Error() {
+		if serr := m.db.SetWorkspaceState(ctx, row.ID, StateError, err.Error()); serr != nil {
+			m.log.Error("mark workspace errored", "workspace_id", row.ID, "error", serr)
+		}
+	}
+	return false
 }
 
 func view(row store.Workspace) (Workspace, error) {

@@ -18,6 +18,10 @@ import (
 // socket is bind-mounted.
 var proxyDirInSandbox = path.Dir(runtime.ProxySocketInSandbox)
 
+// cpuShares is every workspace's CPU weight (cgroup v1 cpu.shares; the
+// engine maps it to cpu.weight on v2).
+const cpuShares = 1024
+
 // resources turns limits into cgroup settings. Memory caps RAM and swap
 // together (memory-swap = memory), so a workspace cannot swap its way past
 // the limit.
@@ -29,6 +33,10 @@ func resources(l policy.Limits) container.Resources {
 	}
 	if l.CPUs > 0 {
 		r.NanoCPUs = int64(l.CPUs * 1e9)
+		// Equal weight for every workspace, whatever the engine's default:
+		// under contention one tenant's spinners get no more CPU than
+		// another's shell.
+		r.CPUShares = cpuShares
 	}
 	if l.Pids > 0 {
 		p := l.Pids

@@ -24,13 +24,13 @@ func TestResources(t *testing.T) {
 		{"nothing set", policy.Limits{}, container.Resources{}},
 		{"memory caps swap too", policy.Limits{Memory: 256 << 20},
 			container.Resources{Memory: 256 << 20, MemorySwap: 256 << 20}},
-		{"half a CPU", policy.Limits{CPUs: 0.5}, container.Resources{NanoCPUs: 500_000_000}},
-		{"two CPUs", policy.Limits{CPUs: 2}, container.Resources{NanoCPUs: 2_000_000_000}},
+		{"half a CPU", policy.Limits{CPUs: 0.5}, container.Resources{NanoCPUs: 500_000_000, CPUShares: 1024}},
+		{"two CPUs", policy.Limits{CPUs: 2}, container.Resources{NanoCPUs: 2_000_000_000, CPUShares: 1024}},
 		{"pids", policy.Limits{Pids: 128}, container.Resources{PidsLimit: ptr(int64(128))}},
 		{"nofile soft = hard", policy.Limits{NoFile: 4096},
 			container.Resources{Ulimits: []*container.Ulimit{{Name: "nofile", Soft: 4096, Hard: 4096}}}},
 		{"all together, timeouts ignored", policy.Limits{Memory: 1 << 30, CPUs: 1, Pids: 512, NoFile: 1024, Timeout: policy.Duration(60e9)},
-			container.Resources{Memory: 1 << 30, MemorySwap: 1 << 30, NanoCPUs: 1e9, PidsLimit: ptr(int64(512)),
+			container.Resources{Memory: 1 << 30, MemorySwap: 1 << 30, NanoCPUs: 1e9, CPUShares: 1024, PidsLimit: ptr(int64(512)),
 				Ulimits: []*container.Ulimit{{Name: "nofile", Soft: 1024, Hard: 1024}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -15,6 +15,10 @@ import (
 // default, 100ms).
 const cpuPeriod = 100_000
 
+// cpuShares is every workspace's CPU weight (cgroup v1 cpu.shares; mapped
+// to cpu.weight on v2).
+const cpuShares = 1024
+
 // proxyDirInSandbox is the directory the host directory holding a
 // workspace's proxy socket is bind-mounted on.
 var proxyDirInSandbox = path.Dir(runtime.ProxySocketInSandbox)
@@ -41,7 +45,10 @@ func resources(l policy.Limits) *specs.LinuxResources {
 			quota = 1000
 		}
 		period := uint64(cpuPeriod)
-		r.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
+		// Equal weight for every workspace: under contention one tenant's
+		// spinners get no more CPU than another's shell.
+		shares := uint64(cpuShares)
+		r.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period, Shares: &shares}
 		set = true
 	}
 	if l.Pids > 0 {

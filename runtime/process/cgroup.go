@@ -144,6 +144,16 @@ func (h *cgroupHost) create(id string, l policy.Limits) error {
 	return h.setLimits(id, l)
 }
 
+// Every workspace's CPU weight, written explicitly so that it holds
+// whatever the parent's defaults: the workspaces are siblings under one
+// parent, so under contention each gets an equal share of what the quota
+// leaves, and one tenant's spinners or fork bomb cannot starve another's
+// shell beyond that share.
+const (
+	cpuWeightV1 = "1024" // cpu.shares
+	cpuWeightV2 = "100"  // cpu.weight
+)
+
 // setLimits writes l into the workspace's cgroups; a zero limit is "max".
 func (h *cgroupHost) setLimits(id string, l policy.Limits) error {
 	var files [][2]string
@@ -170,7 +180,9 @@ func (h *cgroupHost) setLimits(id string, l policy.Limits) error {
 			}
 			d := filepath.Join(h.cpu, id)
 			files = append(files, [2]string{filepath.Join(d, "cpu.cfs_period_us"), "100000"},
-				[2]string{filepath.Join(d, "cpu.cfs_quota_us"), quota})
+				[2]string{filepath.Join(d, "cpu.cfs_quota_us"), quota},
+				// Equal weight for every workspace (see cpuWeightV1).
+				[2]string{filepath.Join(d, "cpu.shares"), cpuWeightV1})
 		}
 	} else {
 		d := filepath.Join(h.memory, id)
@@ -193,7 +205,8 @@ func (h *cgroupHost) setLimits(id string, l policy.Limits) error {
 			if l.CPUs > 0 {
 				quota = strconv.FormatInt(int64(l.CPUs*100000), 10)
 			}
-			files = append(files, [2]string{filepath.Join(h.cpu, id, "cpu.max"), quota + " 100000"})
+			files = append(files, [2]string{filepath.Join(h.cpu, id, "cpu.max"), quota + " 100000"},
+				[2]string{filepath.Join(h.cpu, id, "cpu.weight"), cpuWeightV2})
 		}
 	}
 	if h.pids != "" {
