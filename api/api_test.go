@@ -74,11 +74,17 @@ func TestAuth(t *testing.T) {
 	}
 	e.wantError(e.alice, "GET", "/workspaces", nil, http.StatusUnauthorized, "unauthenticated")
 
-	// The socket refuses a bad first-frame key with a close code.
+	// The socket refuses a bad first-frame key with an error frame, then
+	// a close code.
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	c := dialExec(t, cctx, e.url+"/workspaces/ws_x/exec", "")
 	send(t, cctx, c, map[string]any{"type": "auth", "key": "crl_wrong-key-wrong-key-wrong"})
+	_, frame, err := c.Read(cctx)
+	var ef api.ExecServerFrame
+	if err != nil || json.Unmarshal(frame, &ef) != nil || ef.Type != "error" || ef.Error == nil || ef.Error.Code != "unauthenticated" {
+		t.Fatalf("socket with a bad key: want an error frame first, got %s, %v", frame, err)
+	}
 	_, _, err = c.Read(cctx)
 	if websocket.CloseStatus(err) != api.CloseUnauthenticated {
 		t.Fatalf("socket with a bad key: %v", err)
@@ -226,6 +232,10 @@ func TestPagination(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(ids) {
 		t.Fatalf("pages = %v, want %v", got, ids)
+	}
+	// A malformed cursor is refused, not answered with an empty page.
+	for _, bad := range []string{"zzz", "ws_", "cv_01k80ok5mj4sb77la8ib", ids[0] + "x"} {
+		e.wantError(e.alice, "GET", "/workspaces?after="+bad, nil, http.StatusBadRequest, "invalid_after")
 	}
 }
 

@@ -252,9 +252,11 @@ type EventList struct {
 // StreamFrame is a frame of /conversations/{id}/stream: a "snapshot"
 // first, then one "event" per event in seq order.
 type StreamFrame struct {
-	Type         string        `json:"type"` // snapshot or event
+	Type         string        `json:"type"` // snapshot, event or error
 	Conversation *Conversation `json:"conversation,omitempty"`
 	*Event
+	// Error is set in an "error" frame, the last before an error close.
+	Error *ErrorDetail `json:"error,omitempty"`
 }
 
 // MessagePayload is the payload of a message event.
