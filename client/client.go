@@ -119,8 +119,7 @@ func (c *Client) do(ctx context.Context, req request) (*http.Response, error) {
 		}
 	}
 	u := *c.base
-	u.Path = c.base.Path + req.path
-	u.RawPath = c.base.EscapedPath() + req.path
+	setPath(&u, c.base, req.path)
 	u.RawQuery = req.query.Encode()
 	for attempt := 1; ; attempt++ {
 		var body io.Reader
@@ -274,4 +273,14 @@ func escape(p string) string {
 		parts[i] = url.PathEscape(s)
 	}
 	return strings.Join(parts, "/")
+}
+
+// setPath sets u's path to base's followed by escaped, an escaped path.
+func setPath(u *url.URL, base *url.URL, escaped string) {
+	raw := base.EscapedPath() + escaped
+	p, err := url.PathUnescape(raw)
+	if err != nil {
+		p = base.Path + escaped
+	}
+	u.Path, u.RawPath = p, raw
 }

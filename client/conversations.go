@@ -133,7 +133,6 @@ func (c *Client) Events(ctx context.Context, id string, after int64) iter.Seq2[t
 // errResume is a stream's 4100 close: reconnect at once.
 var errResume = errors.New("corral: stream asks to resume")
 
-
 // stream follows one connection of the stream from *last, advancing it.
 // It returns nil when yield asked to stop, else why the connection ended.
 func (c *Client) stream(ctx context.Context, id string, last *int64, failures *int, yield func(types.Event, error) bool) error {
@@ -172,4 +171,3 @@ func (c *Client) stream(ctx context.Context, id string, last *int64, failures *i
 		}
 	}
 }
-

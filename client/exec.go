@@ -126,9 +126,9 @@ func (c *Client) Start(ctx context.Context, workspaceID string, cmd Cmd) (*Proce
 		return nil, socketError(err, nil)
 	}
 	if f.Type == "error" {
-		cancel()
 		e := detailError(f.Error)
 		_, _, rerr := conn.Read(pctx) // the close that follows gives the status
+		cancel()
 		conn.CloseNow()
 		return nil, socketError(rerr, e)
 	}
@@ -251,8 +251,7 @@ func (c *Client) dial(ctx context.Context, path string, q url.Values) (*websocke
 	default:
 		u.Scheme = "ws"
 	}
-	u.Path = c.base.Path + path
-	u.RawPath = c.base.EscapedPath() + path
+	setPath(&u, c.base, path)
 	u.RawQuery = q.Encode()
 	h := http.Header{}
 	c.header(h)
@@ -313,4 +312,3 @@ func socketError(err error, d *Error) error {
 	}
 	return err
 }
-

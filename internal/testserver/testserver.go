@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -32,6 +33,16 @@ import (
 	_ "github.com/corralhq/corral/runtime/process" // the runtime the server uses
 )
 
+// Options changes how a test server is set up.
+type Options struct {
+	// SubscriberBuffer is the conversation service's (0: its default).
+	SubscriberBuffer int
+	// SmallSendBuffer makes every accepted connection's socket send
+	// buffer tiny, so that a client that stops reading blocks the server's
+	// writes after a few KB.
+	SmallSendBuffer bool
+}
+
 // Server is a running test server. Its URL stays the same across Restart.
 type Server struct {
 	URL string
@@ -41,6 +52,7 @@ type Server struct {
 	LLM *LLM
 
 	t       testing.TB
+	opts    Options
 	dir     string
 	http    *httptest.Server
 	handler atomic.Pointer[http.Handler]
@@ -56,13 +68,20 @@ type stack struct {
 }
 
 // Start starts a server; everything it made is removed when the test ends.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB) *Server { return StartWith(t, Options{}) }
+
+// StartWith starts a server set up as opts says.
+func StartWith(t testing.TB, opts Options) *Server {
 	t.Helper()
-	s := &Server{t: t, dir: t.TempDir(), LLM: newLLM(t)}
+	s := &Server{t: t, opts: opts, dir: t.TempDir(), LLM: newLLM(t)}
 	s.setHandler(unavailable())
-	s.http = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.http = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*s.handler.Load()).ServeHTTP(w, r)
 	}))
+	if opts.SmallSendBuffer {
+		s.http.Listener = smallBufferListener{s.http.Listener}
+	}
+	s.http.Start()
 	s.URL = s.http.URL
 	s.open()
 	ctx := context.Background()
@@ -128,7 +147,8 @@ func (s *Server) open() {
 	if err := mgr.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	svc, err := conversation.New(db, mgr, conversation.Config{LLM: conversation.LLMConfig{BaseURL: s.LLM.URL, Model: "m"}, Logger: log})
+	svc, err := conversation.New(db, mgr, conversation.Config{LLM: conversation.LLMConfig{BaseURL: s.LLM.URL + "/v1", Model: "m"},
+		SubscriberBuffer: s.opts.SubscriberBuffer, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,4 +233,14 @@ func Call(id, name string, args any) openai.Message {
 	b, _ := json.Marshal(args)
 	return openai.Message{Role: "assistant", ToolCalls: []openai.ToolCall{{ID: id, Type: "function",
 		Function: openai.FunctionCall{Name: name, Arguments: openai.Arguments(b)}}}}
+}
+
+type smallBufferListener struct{ net.Listener }
+
+func (l smallBufferListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(4096)
+	}
+	return c, err
 }
