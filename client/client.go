@@ -25,6 +25,8 @@ type Client struct {
 	http  *http.Client
 	retry Retry
 	agent string
+	// onReconnect is told why a conversation stream ended.
+	onReconnect func(after int64, why error)
 }
 
 // Retry says how calls are retried. A call is retried when its outcome is
@@ -51,6 +53,14 @@ func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.http = 
 
 // WithRetry replaces the retry policy; zero fields take the defaults.
 func WithRetry(r Retry) Option { return func(c *Client) { c.retry = r } }
+
+// WithReconnectHook makes Events call f each time its stream ends, with
+// the last seq delivered and why (ErrResume, an *Error, a network error);
+// Events then reconnects unless the error is final. For showing
+// "reconnecting..." to a person.
+func WithReconnectHook(f func(after int64, why error)) Option {
+	return func(c *Client) { c.onReconnect = f }
+}
 
 // WithUserAgent sets the User-Agent header.
 func WithUserAgent(ua string) Option { return func(c *Client) { c.agent = ua } }

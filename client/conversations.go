@@ -112,12 +112,15 @@ func (c *Client) Events(ctx context.Context, id string, after int64) iter.Seq2[t
 				yield(types.Event{}, ctx.Err())
 				return
 			}
+			if c.onReconnect != nil {
+				c.onReconnect(last, err)
+			}
 			var apiErr *Error
 			if errors.As(err, &apiErr) && !errors.Is(err, ErrUnavailable) && apiErr.Status != http.StatusInternalServerError {
 				yield(types.Event{}, err)
 				return
 			}
-			if errors.Is(err, errResume) {
+			if errors.Is(err, ErrResume) {
 				failures = 0
 				continue
 			}
@@ -130,8 +133,9 @@ func (c *Client) Events(ctx context.Context, id string, after int64) iter.Seq2[t
 	}
 }
 
-// errResume is a stream's 4100 close: reconnect at once.
-var errResume = errors.New("corral: stream asks to resume")
+// ErrResume is why a conversation stream ended when the server closed it
+// with 4100 (the client fell behind): Events reconnects at once.
+var ErrResume = errors.New("corral: the server asked to resume the stream")
 
 // stream follows one connection of the stream from *last, advancing it.
 // It returns nil when yield asked to stop, else why the connection ended.
@@ -147,7 +151,7 @@ func (c *Client) stream(ctx context.Context, id string, last *int64, failures *i
 		var f types.StreamFrame
 		if err := readJSONFrame(ctx, conn, &f); err != nil {
 			if websocket.CloseStatus(err) == closeResume {
-				return errResume
+				return ErrResume
 			}
 			if serr := closeError(err, detail); serr != nil {
 				return serr
