@@ -197,7 +197,6 @@ func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
-
 func outputFlag(fs *flag.FlagSet) *string {
 	return fs.String("o", "", `output format: "json" for scripts`)
 }
