@@ -73,7 +73,7 @@ func Start(t testing.TB) *Server { return StartWith(t, Options{}) }
 // StartWith starts a server set up as opts says.
 func StartWith(t testing.TB, opts Options) *Server {
 	t.Helper()
-	s := &Server{t: t, opts: opts, dir: t.TempDir(), LLM: newLLM(t)}
+	s := &Server{t: t, opts: opts, dir: t.TempDir(), LLM: NewLLM(t)}
 	s.setHandler(unavailable())
 	s.http = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*s.handler.Load()).ServeHTTP(w, r)
@@ -194,7 +194,9 @@ type LLM struct {
 	script []openai.Message
 }
 
-func newLLM(t testing.TB) *LLM {
+// NewLLM starts a scripted model for a server started otherwise (for
+// example `corral serve` with CORRAL_LLM_BASE_URL=URL/v1).
+func NewLLM(t testing.TB) *LLM {
 	l := &LLM{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var req openai.Request
