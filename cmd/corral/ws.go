@@ -199,7 +199,8 @@ func wsGet(args []string) error {
 		return err
 	}
 	if len(pos) != 1 {
-		return fmt.Errorf("usage: corral ws get ID [-o json]")
+		fmt.Fprintln(os.Stderr, "usage: corral ws get ID [-o json]")
+		return errUsage
 	}
 	c, err := newClient()
 	if err != nil {
@@ -229,7 +230,8 @@ func wsGet(args []string) error {
 
 func wsRemove(args []string) error {
 	if len(args) == 0 {
-		return fmt.Errorf("usage: corral ws rm ID...")
+		fmt.Fprintln(os.Stderr, "usage: corral ws rm ID...")
+		return errUsage
 	}
 	c, err := newClient()
 	if err != nil {
