@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -122,6 +123,23 @@ func TestCLIWorkspacesExecAndCopy(t *testing.T) {
 	}
 	if out := c.ok(strings.NewReader("piped"), "exec", "-i", id, "--", "cat"); out != "piped" {
 		t.Fatalf("exec -i: %q", out)
+	}
+
+	// SIGINT goes to the remote command, which decides what to do.
+	sig := c.cmd(nil, "exec", id, "--", "sh", "-c", `trap 'echo got-int; exit 5' INT; echo ready; while :; do sleep 1; done`)
+	sigOut, err := sig.StdoutPipe()
+	mustDo(t, err)
+	mustDo(t, sig.Start())
+	rd := bufio.NewReader(sigOut)
+	if line, err := rd.ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("exec before SIGINT: %q, %v", line, err)
+	}
+	mustDo(t, sig.Process.Signal(os.Interrupt))
+	rest, _ := io.ReadAll(rd)
+	err = sig.Wait()
+	var ee *exec.ExitError
+	if string(rest) != "got-int\n" || !errors.As(err, &ee) || ee.ExitCode() != 5 {
+		t.Fatalf("exec after SIGINT: %q, %v", rest, err)
 	}
 
 	// cp: a directory in and out, and a binary-safe tar through exec.

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/term"
@@ -64,7 +66,7 @@ func execCommand(args []string) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := signalContext()
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
 	var restore func()
@@ -97,6 +99,16 @@ func execCommand(args []string) error {
 	if err != nil {
 		return err
 	}
+	// SIGINT, SIGTERM and SIGHUP go to the remote command (with -t, Ctrl-C
+	// is a byte on stdin instead); it decides whether to end.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		for sig := range sigs {
+			_ = p.Signal(strconv.Itoa(int(sig.(syscall.Signal))))
+		}
+	}()
 	if *tty {
 		winch := make(chan os.Signal, 1)
 		signal.Notify(winch, syscall.SIGWINCH)
