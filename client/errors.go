@@ -27,7 +27,9 @@ var (
 // README's error-code table ("not_found", "path_escape"...); Status the
 // HTTP status, or for a WebSocket the status its close code stands for.
 // errors.Is(err, ErrNotFound) and the like test its class; errors.As gives
-// the Error.
+// the Error. Two codes come from the client itself, not the server:
+// "is_a_directory" (OpenFile of a directory) and "workspace_error"
+// (WaitReady of a workspace in state error).
 type Error struct {
 	Status  int
 	Code    string
