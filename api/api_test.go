@@ -119,7 +119,7 @@ func TestCrossUserIsNotFound(t *testing.T) {
 		t.Fatalf("bob sees %+v", list.Workspaces)
 	}
 	// Bob's socket is refused too: 404 before the upgrade with a header key,
-	// close code 4404 after a first-frame key.
+	// an error frame and close code 4404 after a first-frame key.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	wsURL := strings.Replace(e.url, "http://", "ws://", 1) + base + "/exec"
@@ -129,6 +129,11 @@ func TestCrossUserIsNotFound(t *testing.T) {
 	}
 	c := dialExec(t, ctx, e.url+base+"/exec", "")
 	send(t, ctx, c, map[string]any{"type": "auth", "key": e.bob})
+	_, frame, err := c.Read(ctx)
+	var ef api.ExecServerFrame
+	if err != nil || json.Unmarshal(frame, &ef) != nil || ef.Type != "error" || ef.Error == nil || ef.Error.Code != "not_found" {
+		t.Fatalf("bob's socket with first frame: want an error frame, got %s, %v", frame, err)
+	}
 	_, _, err = c.Read(ctx)
 	if websocket.CloseStatus(err) != api.CloseNotFound {
 		t.Fatalf("bob's socket with first frame: %v", err)
