@@ -54,6 +54,7 @@ type Server struct {
 	t       testing.TB
 	opts    Options
 	dir     string
+	id      string // the runtime's server ID, kept across restarts
 	http    *httptest.Server
 	handler atomic.Pointer[http.Handler]
 	mu      sync.Mutex
@@ -73,7 +74,9 @@ func Start(t testing.TB) *Server { return StartWith(t, Options{}) }
 // StartWith starts a server set up as opts says.
 func StartWith(t testing.TB, opts Options) *Server {
 	t.Helper()
-	s := &Server{t: t, opts: opts, dir: t.TempDir(), LLM: NewLLM(t)}
+	// A server ID of its own: the runtime labels (and reconciles) its
+	// sandboxes by it, and other test servers run at the same time.
+	s := &Server{t: t, opts: opts, dir: t.TempDir(), id: "srv_test_" + store.NewID("x")[2:], LLM: NewLLM(t)}
 	s.setHandler(unavailable())
 	s.http = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*s.handler.Load()).ServeHTTP(w, r)
@@ -137,7 +140,7 @@ func (s *Server) open() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := runtime.Open("process", runtime.Config{DataDir: filepath.Join(s.dir, "runtime"), ServerID: "testserver",
+	rt, err := runtime.Open("process", runtime.Config{DataDir: filepath.Join(s.dir, "runtime"), ServerID: s.id,
 		InitPath: testbin.Corral(t), Logger: log})
 	if err != nil {
 		db.Close()
