@@ -21,7 +21,8 @@ fi
 
 # 1. Packages.
 missing=()
-for pkg in docker.io busybox-static docker-registry iproute2 iptables kmod; do
+# curl and jq run the README's examples (cmd/corral TestReadmeCurlExamples).
+for pkg in docker.io busybox-static docker-registry iproute2 iptables kmod curl jq; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -30,7 +31,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-	say "packages already installed (docker.io, busybox-static, docker-registry, iproute2, iptables, kmod)"
+	say "packages already installed (docker.io, busybox-static, docker-registry, iproute2, iptables, kmod, curl, jq)"
 fi
 
 # The open-network firewall (runtime/firewall) and its tests: nf_tables with

@@ -74,11 +74,17 @@ func TestAuth(t *testing.T) {
 	}
 	e.wantError(e.alice, "GET", "/workspaces", nil, http.StatusUnauthorized, "unauthenticated")
 
-	// The socket refuses a bad first-frame key with a close code.
+	// The socket refuses a bad first-frame key with an error frame, then
+	// a close code.
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	c := dialExec(t, cctx, e.url+"/workspaces/ws_x/exec", "")
 	send(t, cctx, c, map[string]any{"type": "auth", "key": "crl_wrong-key-wrong-key-wrong"})
+	_, frame, err := c.Read(cctx)
+	var ef api.ExecServerFrame
+	if err != nil || json.Unmarshal(frame, &ef) != nil || ef.Type != "error" || ef.Error == nil || ef.Error.Code != "unauthenticated" {
+		t.Fatalf("socket with a bad key: want an error frame first, got %s, %v", frame, err)
+	}
 	_, _, err = c.Read(cctx)
 	if websocket.CloseStatus(err) != api.CloseUnauthenticated {
 		t.Fatalf("socket with a bad key: %v", err)
@@ -113,7 +119,7 @@ func TestCrossUserIsNotFound(t *testing.T) {
 		t.Fatalf("bob sees %+v", list.Workspaces)
 	}
 	// Bob's socket is refused too: 404 before the upgrade with a header key,
-	// close code 4404 after a first-frame key.
+	// an error frame and close code 4404 after a first-frame key.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	wsURL := strings.Replace(e.url, "http://", "ws://", 1) + base + "/exec"
@@ -123,6 +129,11 @@ func TestCrossUserIsNotFound(t *testing.T) {
 	}
 	c := dialExec(t, ctx, e.url+base+"/exec", "")
 	send(t, ctx, c, map[string]any{"type": "auth", "key": e.bob})
+	_, frame, err := c.Read(ctx)
+	var ef api.ExecServerFrame
+	if err != nil || json.Unmarshal(frame, &ef) != nil || ef.Type != "error" || ef.Error == nil || ef.Error.Code != "not_found" {
+		t.Fatalf("bob's socket with first frame: want an error frame, got %s, %v", frame, err)
+	}
 	_, _, err = c.Read(ctx)
 	if websocket.CloseStatus(err) != api.CloseNotFound {
 		t.Fatalf("bob's socket with first frame: %v", err)
@@ -226,6 +237,10 @@ func TestPagination(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(ids) {
 		t.Fatalf("pages = %v, want %v", got, ids)
+	}
+	// A malformed cursor is refused, not answered with an empty page.
+	for _, bad := range []string{"zzz", "ws_", "cv_01k80ok5mj4sb77la8ib", ids[0] + "x"} {
+		e.wantError(e.alice, "GET", "/workspaces?after="+bad, nil, http.StatusBadRequest, "invalid_after")
 	}
 }
 

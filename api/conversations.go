@@ -64,6 +64,8 @@ type StreamFrame struct {
 	Type         string             `json:"type"` // snapshot or event
 	Conversation *conversation.Info `json:"conversation,omitempty"`
 	*store.Event
+	// Error is set in an "error" frame, the last before an error close.
+	Error *ErrorDetail `json:"error,omitempty"`
 }
 
 // conversationRoutes serves /conversations under the authenticated router;
@@ -154,6 +156,9 @@ func (s *Server) createConversation(w http.ResponseWriter, r *http.Request) {
 func (s *Server) listConversations(w http.ResponseWriter, r *http.Request) {
 	svc := s.conversations
 	after, limit, err := pageParams(r)
+	if err == nil {
+		err = checkCursor(after, "cv")
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -253,7 +258,7 @@ func (s *Server) conversationStream(w http.ResponseWriter, r *http.Request) {
 	for {
 		e, err := sub.Next(ctx)
 		if err != nil {
-			s.closeStream(conn, sub, err)
+			s.closeStream(r, conn, sub, err)
 			return
 		}
 		if err := writeStreamFrame(ctx, conn, StreamFrame{Type: "event", Event: &e}); err != nil {
@@ -278,7 +283,7 @@ func writeStreamFrame(ctx context.Context, conn *websocket.Conn, f StreamFrame) 
 
 // closeStream closes a stream with the code that tells the client whether
 // and where to resume.
-func (s *Server) closeStream(conn *websocket.Conn, sub *conversation.Subscription, err error) {
+func (s *Server) closeStream(r *http.Request, conn *websocket.Conn, sub *conversation.Subscription, err error) {
 	switch {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		// The client left or stopped answering pings.
@@ -287,6 +292,6 @@ func (s *Server) closeStream(conn *websocket.Conn, sub *conversation.Subscriptio
 	case errors.Is(err, errdefs.ErrUnavailable):
 		conn.Close(websocket.StatusGoingAway, fmt.Sprintf("server shutting down; resume after=%d", sub.Last()))
 	default:
-		s.closeWithError(conn, err)
+		s.failSocket(r, conn, err)
 	}
 }

@@ -324,8 +324,16 @@ func TestConversationOverHTTP(t *testing.T) {
 	e.do(e.alice, "GET", "/conversations/"+c.ID+"/events?after=-1", "", 400, nil)
 	e.do("", "GET", "/conversations", "", 401, nil)
 
-	// Deleting ends the stream with "not found": do not retry.
+	// Deleting ends the stream with an error frame, then "not found": do
+	// not retry.
 	e.do(e.alice, "DELETE", "/conversations/"+c.ID, "", 204, nil)
+	f, err := tryReadStreamFrame(conn)
+	for err == nil && f.Type == "event" {
+		f, err = tryReadStreamFrame(conn) // events of the deletion itself
+	}
+	if err != nil || f.Type != "error" || f.Error == nil || f.Error.Code != "not_found" {
+		t.Fatalf("stream after delete: want an error frame, got %+v, %v", f, err)
+	}
 	_, err = tryReadStreamFrame(conn)
 	if websocket.CloseStatus(err) != CloseNotFound {
 		t.Fatalf("stream after delete: %v", err)

@@ -63,11 +63,7 @@ func (s *Server) execSocket(w http.ResponseWriter, r *http.Request) {
 		}
 		return conn.Write(ctx, websocket.MessageText, b)
 	}
-	fail := func(err error) {
-		_, d := s.publicError(r, err)
-		_ = send(ExecServerFrame{Type: "error", Error: &d})
-		s.closeWithError(conn, err)
-	}
+	fail := func(err error) { s.failSocket(r, conn, err) }
 
 	var start ExecClientFrame
 	if err := readFrame(ctx, conn, &start); err != nil || start.Type != "start" {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"time"
@@ -68,7 +69,7 @@ func (s *Server) acceptSocket(w http.ResponseWriter, r *http.Request, check func
 		err = unmarshalFrame(data, &f)
 	}
 	if err != nil || f.Type != "auth" {
-		conn.Close(CloseUnauthenticated, "first frame must be {\"type\":\"auth\",\"key\":\"...\"}")
+		s.failSocket(r, conn, errdefs.New(errdefs.ErrUnauthenticated, "unauthenticated", "first frame must be {\"type\":\"auth\",\"key\":\"...\"}"))
 		return nil, store.User{}
 	}
 	u, err := s.authKey(r.Context(), f.Key)
@@ -76,10 +77,30 @@ func (s *Server) acceptSocket(w http.ResponseWriter, r *http.Request, check func
 		err = check(u)
 	}
 	if err != nil {
-		s.closeWithError(conn, err)
+		s.failSocket(r, conn, err)
 		return nil, store.User{}
 	}
 	return conn, u
+}
+
+// socketErrorFrame is the last frame before a 4xxx (or 1011) close: the
+// same code and message as an HTTP error answer, for clients to show.
+type socketErrorFrame struct {
+	Type  string      `json:"type"` // "error"
+	Error ErrorDetail `json:"error"`
+}
+
+// failSocket sends err as an error frame, then closes conn with the close
+// code of err's class (closeWithError). Every error close of Corral's
+// sockets goes through it, so clients can rely on the frame.
+func (s *Server) failSocket(r *http.Request, conn *websocket.Conn, err error) {
+	_, d := s.publicError(r, err)
+	if b, merr := json.Marshal(socketErrorFrame{Type: "error", Error: d}); merr == nil {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), authFrameTimeout)
+		_ = conn.Write(ctx, websocket.MessageText, b)
+		cancel()
+	}
+	s.closeWithError(conn, err)
 }
 
 // closeWithError closes conn with the close code that matches err's class

@@ -40,6 +40,9 @@ type WorkspaceList struct {
 
 func (s *Server) listWorkspaces(w http.ResponseWriter, r *http.Request) {
 	after, limit, err := pageParams(r)
+	if err == nil {
+		err = checkCursor(after, "ws")
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -1,11 +1,15 @@
-// Command corral serves Corral's HTTP + WebSocket API and manages its keys.
+// Command corral serves Corral's HTTP + WebSocket API, manages its keys,
+// and is the client of a server:
 //
 //	corral serve --runtime process --addr 127.0.0.1:8080 --data-dir ./data
 //	corral keys create --user alice
+//	corral login http://127.0.0.1:8080
+//	corral ws create; corral exec -it ws_... -- sh; corral cp ./src ws_...:
 //	corral init            (PID 1 inside sandboxes; not for humans)
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -31,6 +35,20 @@ func main() {
 		err = serve(os.Args[2:])
 	case "keys":
 		err = keys(os.Args[2:])
+	case "login":
+		err = login(os.Args[2:])
+	case "ws", "workspace", "workspaces":
+		err = wsCommand(os.Args[2:])
+	case "exec":
+		err = execCommand(os.Args[2:])
+	case "cp":
+		err = cpCommand(os.Args[2:])
+	case "chat":
+		err = chatCommand(os.Args[2:])
+	case "conversation", "conversations":
+		err = conversationCommand(os.Args[2:])
+	case "completion":
+		err = completionCommand(os.Args[2:])
 	case "init":
 		os.Exit(sandboxinit.Main(os.Args[2:]))
 	case "version", "--version":
@@ -42,8 +60,15 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "corral:", err)
+	var code exitCode
+	switch {
+	case err == nil:
+	case errors.As(err, &code):
+		os.Exit(int(code))
+	case errors.Is(err, errUsage):
+		os.Exit(2)
+	default:
+		fmt.Fprintln(os.Stderr, "corral:", describeError(err))
 		os.Exit(1)
 	}
 }
@@ -51,11 +76,24 @@ func main() {
 func usage() {
 	fmt.Fprintln(os.Stderr, `usage: corral <command> [flags]
 
-commands:
-  serve    run the API server            (corral serve -h for flags)
-  keys     create, list and revoke API keys (corral keys -h)
-  version  print the version
-  init     PID 1 inside sandboxes (run by the runtimes, not by hand)`)
+Use a Corral server (log in once, or set CORRAL_URL and CORRAL_API_KEY):
+  login URL            store the server's URL and your API key
+  ws                   create, list (ls), show (get) and delete (rm) workspaces
+  exec [-it] ID -- CMD run a command in a workspace; -it for an interactive terminal
+  cp SRC DST           copy files and directories in and out (ID:PATH is remote)
+  chat "MESSAGE"       give an agent a task and watch it work
+  conversation         follow a conversation's events, or list conversations
+  completion bash|zsh  print a shell completion script
+
+Run a server (on its host):
+  serve                run the API server            (corral serve -h for flags)
+  keys                 create, list and revoke API keys (corral keys -h)
+
+  version              print the version
+  init                 PID 1 inside sandboxes (run by the runtimes, not by hand)
+
+Listings and results take -o json. Errors go to stderr with the server's
+code; exec exits with the remote command's status.`)
 }
 
 // env returns the environment variable name's value, or def.
