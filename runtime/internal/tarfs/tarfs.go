@@ -575,3 +575,19 @@ func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
 }
+
+// CreateTemp creates a temporary file in dir (relative to root; "" for the
+// root), readable and writable by the server only, for a spool that must
+// stay inside the workspace's own storage. The caller closes it and
+// removes name; if the server dies first, a sweep does.
+func CreateTemp(root *os.Root, dir string) (f *os.File, name string, err error) {
+	if dir == "" {
+		dir = "."
+	}
+	name = path.Join(dir, tempName())
+	f, err = root.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_RDWR|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, "", err
+	}
+	return f, name, nil
+}
