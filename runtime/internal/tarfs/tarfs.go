@@ -160,11 +160,31 @@ func (w *writeErr) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// maxPath is the longest path, in bytes, this package resolves: the
+// kernel's PATH_MAX less its NUL. os.Root resolves a path one component at
+// a time, so without it a single deep name would cost time quadratic in
+// its length.
+const maxPath = 4095
+
+// checkLen refuses a path longer than maxPath with "name_too_long".
+func checkLen(p string) error {
+	if len(p) > maxPath {
+		return errdefs.Invalid("name_too_long", "%.64s…: the path is longer than %d bytes", p, maxPath)
+	}
+	return nil
+}
+
 // MkdirAll creates p (cleaned, relative to root) and its missing parents,
 // owned by o. A parent that is a file fails with "not_a_directory".
 func MkdirAll(root *os.Root, p string, o Owner) error {
 	if p == "" || p == "." {
 		return nil
+	}
+	if err := checkLen(p); err != nil {
+		return err
+	}
+	if fi, err := root.Stat(p); err == nil && fi.IsDir() {
+		return nil // the common case, in one walk
 	}
 	parts := strings.Split(p, "/")
 	for i := range parts {
@@ -202,6 +222,9 @@ func WriteFile(ctx context.Context, root *os.Root, p string, r io.Reader, mode f
 	}
 	if c == "" {
 		return 0, errdefs.Invalid("invalid_path", "a file path is required")
+	}
+	if err := checkLen(c); err != nil {
+		return 0, err
 	}
 	dir := path.Dir(c)
 	if err := MkdirAll(root, dir, o); err != nil {
@@ -338,7 +361,8 @@ func entryPath(base, name string) (string, error) {
 	if err != nil {
 		return "", runtime.EscapeError(name)
 	}
-	return path.Join(base, c), nil
+	p := path.Join(base, c)
+	return p, checkLen(p)
 }
 
 func extract(ctx context.Context, root *os.Root, base string, h *tar.Header, body io.Reader, o Owner) error {
