@@ -53,12 +53,31 @@ func (c *pathChecker) lstat(ctx context.Context, rel string) (container.PathStat
 	if r, ok := c.seen[rel]; ok {
 		return r.stat, r.err
 	}
+	if err := tarfs.CheckName(rel); err != nil {
+		return container.PathStat{}, err
+	}
 	res, err := c.d.cli.ContainerStatPath(ctx, c.container, client.ContainerStatPathOptions{Path: path.Join(runtime.WorkspaceDir, rel)})
 	if err != nil {
-		err = pathErr(rel, engineErr(err, "stat %q", rel))
+		err = engineErr(err, "stat %q", rel)
+		var classed *errdefs.Error
+		if !errors.As(err, &classed) && ctx.Err() == nil {
+			err = c.why(ctx, rel, err)
+		}
 	}
 	c.seen[rel] = statResult{res.Stat, err}
 	return res.Stat, err
+}
+
+// why asks the engine again about rel, which a stat failed on with err: a
+// stat is a HEAD request, whose failure carries no message, while the
+// same path's archive request says why (a symlink loop, for one).
+func (c *pathChecker) why(ctx context.Context, rel string, err error) error {
+	res, gerr := c.d.cli.CopyFromContainer(ctx, c.container, client.CopyFromContainerOptions{SourcePath: path.Join(runtime.WorkspaceDir, rel)})
+	if gerr == nil {
+		res.Content.Close()
+		return err
+	}
+	return pathErr(rel, engineErr(gerr, "stat %q", rel))
 }
 
 // checkParents makes sure that no existing component of rel before the last
@@ -359,10 +378,12 @@ func pathErr(p string, err error) error {
 	switch {
 	case strings.Contains(msg, "file name too long"):
 		return tarfs.Err(p, syscall.ENAMETOOLONG)
-	case strings.Contains(msg, "too many levels of symbolic links"):
+	case strings.Contains(msg, "too many levels of symbolic links"), strings.Contains(msg, "too many links"):
 		return tarfs.Err(p, syscall.ELOOP)
 	case strings.Contains(msg, "no space left on device"), strings.Contains(msg, "disk quota exceeded"):
 		return tarfs.Err(p, syscall.ENOSPC)
+	case strings.Contains(msg, "cannot overwrite directory"):
+		return errdefs.New(errdefs.ErrConflict, "conflict", "%s: a directory is in the way", p)
 	}
 	return err
 }
@@ -438,6 +459,9 @@ func (d *Driver) checkTar(ctx context.Context, c *pathChecker, dir string, r io.
 			continue
 		}
 		full := path.Join(dir, name)
+		if err := tarfs.CheckName(full); err != nil {
+			return err
+		}
 		if err := through(full, 0); err != nil {
 			return runtime.EscapeError(h.Name)
 		}

@@ -160,16 +160,27 @@ func (w *writeErr) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// maxPath is the longest path, in bytes, this package resolves: the
-// kernel's PATH_MAX less its NUL. os.Root resolves a path one component at
-// a time, so without it a single deep name would cost time quadratic in
-// its length.
-const maxPath = 4095
+// Name limits, as Linux file systems have them: a component (NAME_MAX)
+// and a whole path (PATH_MAX less its NUL). os.Root resolves a path one
+// component at a time, so without the second a single deep name would
+// cost time quadratic in its length.
+const (
+	maxName = 255
+	maxPath = 4095
+)
 
-// checkLen refuses a path longer than maxPath with "name_too_long".
-func checkLen(p string) error {
+// CheckName refuses, with "name_too_long", a path (cleaned, relative)
+// longer than a Linux file system allows, or with a component that is.
+// Drivers that reach files through an engine check it first, as the
+// engine reports these only as internal errors.
+func CheckName(p string) error {
 	if len(p) > maxPath {
 		return errdefs.Invalid("name_too_long", "%.64s…: the path is longer than %d bytes", p, maxPath)
+	}
+	for part := range strings.SplitSeq(p, "/") {
+		if len(part) > maxName {
+			return errdefs.Invalid("name_too_long", "%.64s…: a file name is longer than %d bytes", part, maxName)
+		}
 	}
 	return nil
 }
@@ -180,7 +191,7 @@ func MkdirAll(root *os.Root, p string, o Owner) error {
 	if p == "" || p == "." {
 		return nil
 	}
-	if err := checkLen(p); err != nil {
+	if err := CheckName(p); err != nil {
 		return err
 	}
 	if fi, err := root.Stat(p); err == nil && fi.IsDir() {
@@ -223,7 +234,7 @@ func WriteFile(ctx context.Context, root *os.Root, p string, r io.Reader, mode f
 	if c == "" {
 		return 0, errdefs.Invalid("invalid_path", "a file path is required")
 	}
-	if err := checkLen(c); err != nil {
+	if err := CheckName(c); err != nil {
 		return 0, err
 	}
 	dir := path.Dir(c)
@@ -362,7 +373,7 @@ func entryPath(base, name string) (string, error) {
 		return "", runtime.EscapeError(name)
 	}
 	p := path.Join(base, c)
-	return p, checkLen(p)
+	return p, CheckName(p)
 }
 
 func extract(ctx context.Context, root *os.Root, base string, h *tar.Header, body io.Reader, o Owner) error {
