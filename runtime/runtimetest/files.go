@@ -94,6 +94,10 @@ func (s *suite) testCutUpload(t *testing.T) {
 	if out := s.mustSh(t, id, "cat up/f; stat -c ' %a' up/f"); out != "whole 600\n" {
 		t.Errorf("written file reads %q, want \"whole 600\\n\"", out)
 	}
+	// The file belongs to the workspace's user, as one its commands make.
+	if out := s.mustSh(t, id, "touch up/mine && stat -c %u:%g up/f up/mine && rm up/mine"); len(strings.Fields(out)) != 2 || strings.Fields(out)[0] != strings.Fields(out)[1] {
+		t.Errorf("owners of a written file and a file made in the workspace: %q, want the same", out)
+	}
 	if _, err := fw.WriteFile(ctx, id, "up", strings.NewReader("x"), 0o644); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("WriteFile over a directory: %v, want a conflict", err)
 	}
