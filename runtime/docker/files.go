@@ -500,6 +500,13 @@ func (d *Driver) checkTar(ctx context.Context, c *pathChecker, dir string, r io.
 			return fmt.Errorf("spool tar: %w", err)
 		}
 		if _, err := io.Copy(tw, tr); err != nil {
+			if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+				return tarfs.Err(h.Name, err) // the spool's disk, not the tar
+			}
+			var classed *errdefs.Error
+			if errors.As(err, &classed) {
+				return err // e.g. the upload limit
+			}
 			return errdefs.Invalid("invalid_tar", "read tar entry %q: %v", h.Name, err)
 		}
 	}

@@ -408,6 +408,13 @@ func (d *Driver) rewriteTar(res *resolver, base string, in io.Reader, out io.Wri
 			return 0, err
 		}
 		if _, err := io.Copy(tw, tr); err != nil {
+			if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+				return 0, tarfs.Err(h.Name, err) // the spool's disk, not the tar
+			}
+			var classed *errdefs.Error
+			if errors.As(err, &classed) {
+				return 0, err // e.g. the upload limit
+			}
 			return 0, errdefs.Invalid("invalid_tar", "read tar entry %q: %v", h.Name, err)
 		}
 	}
