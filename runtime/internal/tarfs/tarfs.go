@@ -382,7 +382,7 @@ func extract(ctx context.Context, root *os.Root, base string, h *tar.Header, bod
 		return nil
 	case tar.TypeFifo, tar.TypeChar, tar.TypeBlock:
 		return runtime.SpecialFileError(h.Name)
-	case tar.TypeDir, tar.TypeReg, tar.TypeRegA, tar.TypeSymlink, tar.TypeLink:
+	case tar.TypeDir, tar.TypeReg, tar.TypeSymlink, tar.TypeLink: // the reader reports the old TypeRegA as TypeReg
 	default:
 		return errdefs.Invalid("unsupported_entry", "tar entry %s: type %q is not supported", h.Name, string(h.Typeflag))
 	}
