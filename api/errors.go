@@ -29,6 +29,8 @@ func statusOf(err error) int {
 		return http.StatusNotImplemented
 	case errors.Is(err, errdefs.ErrUnavailable):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, errdefs.ErrInsufficientStorage):
+		return http.StatusInsufficientStorage
 	default:
 		return http.StatusInternalServerError
 	}

@@ -19,6 +19,9 @@ var (
 	ErrUnauthenticated    = errors.New("unauthenticated")
 	ErrTooLarge           = errors.New("too large")
 	ErrUnavailable        = errors.New("unavailable")
+	// ErrInsufficientStorage: the disk that would hold the data is full
+	// (or its quota is used up); nothing partial was stored.
+	ErrInsufficientStorage = errors.New("insufficient storage")
 )
 
 // Error is an error with a class and a stable, machine-readable code that
@@ -77,4 +80,5 @@ var classes = []struct {
 	{ErrUnauthenticated, "unauthenticated"},
 	{ErrTooLarge, "too_large"},
 	{ErrUnavailable, "unavailable"},
+	{ErrInsufficientStorage, "insufficient_storage"},
 }

@@ -82,6 +82,13 @@ func NotADirectoryError(p string) error {
 	return errdefs.Invalid("not_a_directory", "%q: a parent of this path is a file, not a directory", p)
 }
 
+// SpecialFileError is the error drivers return for a FIFO, socket or device
+// met where a file, directory or symlink was expected: such files have no
+// content that can be read or archived without blocking or harm.
+func SpecialFileError(p string) error {
+	return errdefs.New(errdefs.ErrFailedPrecondition, "special_file", "%q is a FIFO, socket or device, not a file or directory", p)
+}
+
 // Output collects a command's output up to a limit. It is an io.Writer safe
 // for concurrent use; writes past the limit are counted and dropped, never
 // blocked, so a chatty command never stalls.

@@ -14,6 +14,7 @@ package runtime
 import (
 	"context"
 	"io"
+	"io/fs"
 	"time"
 
 	"github.com/corralhq/corral/policy"
@@ -206,6 +207,22 @@ type PullProgress struct {
 	Layer   string `json:"layer,omitempty"`   // layer ID, if the update is about one
 	Current int64  `json:"current,omitempty"` // bytes done
 	Total   int64  `json:"total,omitempty"`   // bytes in all, if known
+}
+
+// FileWriter is implemented by drivers that can store one file from a
+// stream of unknown length without first spooling it (a tar header needs
+// the length). The server uses it for single-file uploads when present.
+type FileWriter interface {
+	// WriteFile stores r as the file at path (relative to the workspace
+	// root), creating missing parents, with permissions mode. It is whole
+	// or absent: the content goes to a temporary name in the same
+	// directory and is renamed over path only once r has ended and the
+	// data is on disk, so an error (r failing midway, a full disk,
+	// cancellation) leaves what was at path before untouched and no
+	// temporary behind. It returns the bytes written. Errors as for
+	// CopyIn; errdefs.ErrInsufficientStorage if the disk is full;
+	// errdefs.ErrConflict if path is a directory.
+	WriteFile(ctx context.Context, id, path string, r io.Reader, mode fs.FileMode) (int64, error)
 }
 
 // PathRemover is implemented by drivers that can delete a path inside a

@@ -279,6 +279,9 @@ func classify(err error) error {
 		return fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
 	case code&0xff == sqlite3.SQLITE_NOTADB || code&0xff == sqlite3.SQLITE_CORRUPT:
 		return fmt.Errorf("%w: %w", errdefs.ErrFailedPrecondition, err)
+	case code&0xff == sqlite3.SQLITE_FULL:
+		// The disk is full: the API answers 507, as for a full workspace.
+		return fmt.Errorf("%w: %w", errdefs.ErrInsufficientStorage, err)
 	}
 	return err
 }
@@ -287,6 +290,7 @@ var allClasses = []error{
 	errdefs.ErrNotFound, errdefs.ErrAlreadyExists, errdefs.ErrInvalidArgument,
 	errdefs.ErrConflict, errdefs.ErrFailedPrecondition, errdefs.ErrNotImplemented,
 	errdefs.ErrUnauthenticated, errdefs.ErrTooLarge, errdefs.ErrUnavailable,
+	errdefs.ErrInsufficientStorage,
 }
 
 func hasClass(err error) bool {

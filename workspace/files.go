@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path"
 	"strings"
 	"time"
@@ -142,8 +141,11 @@ func (m *Manager) WriteFile(ctx context.Context, userID, id, p string, data []by
 }
 
 // PutFile stores r (of size bytes, or -1 if unknown) as the file at path,
-// creating its parent directories. The workspace's upload limit applies:
-// errdefs.ErrTooLarge past it. It returns the stored file's description.
+// creating its parent directories. The file is whole or absent: a body cut
+// short leaves the previous file untouched (the drivers write to a
+// temporary in the workspace and rename it). The workspace's upload limit
+// applies: errdefs.ErrTooLarge past it. It returns the stored file's
+// description.
 func (m *Manager) PutFile(ctx context.Context, userID, id, p string, r io.Reader, size int64, mode fs.FileMode) (FileInfo, error) {
 	clean, err := runtime.CleanPath(p)
 	if err != nil {
@@ -160,34 +162,34 @@ func (m *Manager) PutFile(ctx context.Context, userID, id, p string, r io.Reader
 	if limit > 0 && size > limit {
 		return FileInfo{}, tooLarge(limit)
 	}
-	if size < 0 {
-		// A tar header needs the size first: spool to a temporary file.
-		tmp, err := os.CreateTemp("", "corral-upload-")
-		if err != nil {
-			return FileInfo{}, fmt.Errorf("spool upload: %w", err)
-		}
-		defer os.Remove(tmp.Name())
-		defer tmp.Close()
-		src := r
-		if limit > 0 {
-			src = io.LimitReader(r, limit+1)
-		}
-		n, err := io.Copy(tmp, src)
-		if err != nil {
-			return FileInfo{}, fmt.Errorf("spool upload: %w", err)
-		}
-		if limit > 0 && n > limit {
-			return FileInfo{}, tooLarge(limit)
-		}
-		if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-			return FileInfo{}, fmt.Errorf("spool upload: %w", err)
-		}
-		r, size = tmp, n
-	}
 	if mode == 0 {
 		mode = 0o644
 	}
 	m.touch(id)
+	if fw, ok := m.rt.(runtime.FileWriter); ok {
+		// Streamed into a temporary inside the workspace and renamed
+		// into place: never spooled on the server's host.
+		src := r
+		var lr *limitedReader
+		if limit > 0 {
+			lr = &limitedReader{r: r, left: limit, limit: limit}
+			src = lr
+		}
+		if size >= 0 {
+			src = &sizedReader{r: src, left: size, size: size}
+		}
+		n, err := fw.WriteFile(ctx, id, clean, src, mode)
+		if err != nil {
+			if lr != nil && lr.exceeded {
+				return FileInfo{}, tooLarge(limit)
+			}
+			return FileInfo{}, err
+		}
+		return infoOf(&tar.Header{Typeflag: tar.TypeReg, Size: n, Mode: int64(mode.Perm()), ModTime: time.Now()}, clean), nil
+	}
+	if size < 0 {
+		return FileInfo{}, errdefs.New(errdefs.ErrInvalidArgument, "length_required", "this runtime needs the upload's Content-Length")
+	}
 	hdr := &tar.Header{Name: path.Base(clean), Typeflag: tar.TypeReg, Size: size, Mode: int64(mode.Perm()), ModTime: time.Now()}
 	pr, pw := io.Pipe()
 	go func() {
@@ -296,6 +298,29 @@ func (m *Manager) ArchiveIn(ctx context.Context, userID, id, p string, r io.Read
 		return tooLarge(limit)
 	}
 	return err
+}
+
+// sizedReader reads exactly size bytes: a source that ends sooner fails
+// with "short_body" (so a driver writing whole-or-absent keeps nothing),
+// and anything past size is left unread.
+type sizedReader struct {
+	r          io.Reader
+	left, size int64
+}
+
+func (s *sizedReader) Read(p []byte) (int, error) {
+	if s.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > s.left {
+		p = p[:s.left]
+	}
+	n, err := s.r.Read(p)
+	s.left -= int64(n)
+	if err == io.EOF && s.left > 0 {
+		err = errdefs.Invalid("short_body", "request body ended after %d of %d bytes", s.size-s.left, s.size)
+	}
+	return n, err
 }
 
 // limitedReader fails with ErrTooLarge, rather than a silent EOF, once more

@@ -86,6 +86,7 @@ func open(t testing.TB) *docker.Driver {
 	opts := enginetest.Docker(t)
 	d, err := docker.Open(context.Background(), runtime.Config{
 		ServerID: serverID,
+		DataDir:  t.TempDir(),
 		InitPath: testbin.Corral(t),
 		Options:  opts,
 		Logger:   hclog.NewNullLogger(),

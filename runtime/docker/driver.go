@@ -62,6 +62,10 @@ type Driver struct {
 	// run on this machine; each container's view confirms it (see view).
 	local bool
 
+	// spool is where uploads are checked before they go to the engine
+	// (see spoolDir).
+	spool string
+
 	locks sync.Map // workspace ID → *sync.Mutex, serialising lifecycle calls
 	views sync.Map // container name → hostView
 }
@@ -114,6 +118,10 @@ func Open(ctx context.Context, cfg runtime.Config) (*Driver, error) {
 		initPath: initPath,
 		image:    cfg.Options["image"],
 		host:     host,
+	}
+	if d.spool, err = spoolDir(cfg.DataDir); err != nil {
+		cli.Close()
+		return nil, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

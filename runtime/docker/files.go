@@ -6,13 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/runtime/internal/tarfs"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 )
@@ -49,12 +53,31 @@ func (c *pathChecker) lstat(ctx context.Context, rel string) (container.PathStat
 	if r, ok := c.seen[rel]; ok {
 		return r.stat, r.err
 	}
+	if err := tarfs.CheckName(rel); err != nil {
+		return container.PathStat{}, err
+	}
 	res, err := c.d.cli.ContainerStatPath(ctx, c.container, client.ContainerStatPathOptions{Path: path.Join(runtime.WorkspaceDir, rel)})
 	if err != nil {
 		err = engineErr(err, "stat %q", rel)
+		var classed *errdefs.Error
+		if !errors.As(err, &classed) && ctx.Err() == nil {
+			err = c.why(ctx, rel, err)
+		}
 	}
 	c.seen[rel] = statResult{res.Stat, err}
 	return res.Stat, err
+}
+
+// why asks the engine again about rel, which a stat failed on with err: a
+// stat is a HEAD request, whose failure carries no message, while the
+// same path's archive request says why (a symlink loop, for one).
+func (c *pathChecker) why(ctx context.Context, rel string, err error) error {
+	res, gerr := c.d.cli.CopyFromContainer(ctx, c.container, client.CopyFromContainerOptions{SourcePath: path.Join(runtime.WorkspaceDir, rel)})
+	if gerr == nil {
+		res.Content.Close()
+		return err
+	}
+	return pathErr(rel, engineErr(gerr, "stat %q", rel))
 }
 
 // checkParents makes sure that no existing component of rel before the last
@@ -124,7 +147,11 @@ func (d *Driver) CopyOut(ctx context.Context, id, p string) (io.ReadCloser, erro
 			}
 			return nil, err
 		}
-		if _, err := c.lstat(ctx, rel); err != nil {
+		st, err := c.lstat(ctx, rel)
+		if err == nil && st.Mode&(os.ModeNamedPipe|os.ModeSocket|os.ModeDevice|os.ModeCharDevice) != 0 {
+			return nil, runtime.SpecialFileError(p)
+		}
+		if err != nil {
 			if errors.Is(err, errdefs.ErrNotFound) {
 				if _, ierr := d.cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{}); ierr != nil {
 					return nil, engineErr(ierr, "copy out of workspace %s", id)
@@ -136,7 +163,7 @@ func (d *Driver) CopyOut(ctx context.Context, id, p string) (io.ReadCloser, erro
 	}
 	res, err := d.cli.CopyFromContainer(ctx, name, client.CopyFromContainerOptions{SourcePath: path.Join(runtime.WorkspaceDir, rel)})
 	if err != nil {
-		return nil, engineErr(err, "copy %q out of workspace %s", p, id)
+		return nil, pathErr(p, engineErr(err, "copy %q out of workspace %s", p, id))
 	}
 	if rel != "" {
 		return res.Content, nil
@@ -217,14 +244,13 @@ func (d *Driver) CopyIn(ctx context.Context, id, dir string, r io.Reader) error 
 			return errdefs.Invalid("not_a_directory", "%q is not a directory", dir)
 		}
 	}
-	spool, err := os.CreateTemp("", "corral-copyin-*.tar")
+	spool, done, err := d.newSpool()
 	if err != nil {
-		return fmt.Errorf("copy into workspace %s: spool: %w", id, err)
+		return fmt.Errorf("copy into workspace %s: %w", id, err)
 	}
-	defer os.Remove(spool.Name())
-	defer spool.Close()
+	defer done()
 	if err := d.checkTar(ctx, c, rel, r, spool); err != nil {
-		return err
+		return spoolErr(dir, err)
 	}
 	if _, err := spool.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("copy into workspace %s: spool: %w", id, err)
@@ -235,9 +261,131 @@ func (d *Driver) CopyIn(ctx context.Context, id, dir string, r io.Reader) error 
 	// be made; ours above is the one that guards the workspace.
 	_, err = d.cli.CopyToContainer(ctx, name, client.CopyToContainerOptions{DestinationPath: "/", Content: spool})
 	if err != nil {
-		return engineErr(err, "copy into %q of workspace %s", dir, id)
+		return pathErr(dir, engineErr(err, "copy into %q of workspace %s", dir, id))
 	}
 	return nil
+}
+
+// WriteFile implements runtime.FileWriter. The engine's archive API needs
+// a tar whose header holds the file's length, so the body is spooled first
+// (see spoolDir) and sent only once complete: a body cut short reaches the
+// engine not at all, and the file at p is left as it was.
+func (d *Driver) WriteFile(ctx context.Context, id, p string, r io.Reader, mode fs.FileMode) (int64, error) {
+	rel, err := runtime.CleanPath(p)
+	if err != nil {
+		return 0, err
+	}
+	if rel == "" {
+		return 0, errdefs.Invalid("invalid_path", "a file path is required")
+	}
+	spool, done, err := d.newSpool()
+	if err != nil {
+		return 0, fmt.Errorf("write in workspace %s: %w", id, err)
+	}
+	defer done()
+	n, err := io.Copy(spool, r)
+	if err != nil {
+		return 0, spoolErr(p, err)
+	}
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return 0, fmt.Errorf("write in workspace %s: %w", id, err)
+	}
+	hdr := &tar.Header{Name: path.Base(rel), Typeflag: tar.TypeReg, Size: n, Mode: int64(mode.Perm()), ModTime: time.Now()}
+	pr, pw := io.Pipe()
+	go func() {
+		tw := tar.NewWriter(pw)
+		err := tw.WriteHeader(hdr)
+		if err == nil {
+			_, err = io.Copy(tw, io.LimitReader(spool, n))
+		}
+		if err == nil {
+			err = tw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	err = d.CopyIn(ctx, id, path.Dir("/" + rel)[1:], pr)
+	pr.CloseWithError(err)
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// spoolDir prepares the directory where uploads are spooled while they
+// are checked, before the engine extracts them: the engine's archive API
+// takes a whole tar, and extracts in place, so nothing may reach it until
+// the upload is complete and every entry has passed the path checks. It is
+// dataDir/docker-spool, swept of what a killed server left; without a data
+// directory (an embedding caller's choice) the system's temporary
+// directory. Spools are never in a workspace: the engine's volumes are
+// reachable only through the engine.
+func spoolDir(dataDir string) (string, error) {
+	if dataDir == "" {
+		return os.TempDir(), nil
+	}
+	dir := filepath.Join(dataDir, "docker-spool")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("docker: spool directory: %w", err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return "", fmt.Errorf("docker: spool directory: %w", err)
+	}
+	defer root.Close()
+	tarfs.Sweep(root, "")
+	return dir, nil
+}
+
+// newSpool creates a spool file; done closes and removes it.
+func (d *Driver) newSpool() (*os.File, func(), error) {
+	root, err := os.OpenRoot(d.spool)
+	if err != nil {
+		return nil, nil, fmt.Errorf("spool: %w", err)
+	}
+	defer root.Close()
+	f, name, err := tarfs.CreateTemp(root, "")
+	if err != nil {
+		return nil, nil, fmt.Errorf("spool: %w", tarfs.Err("spool", err))
+	}
+	full := filepath.Join(d.spool, name)
+	return f, func() { f.Close(); os.Remove(full) }, nil
+}
+
+// spoolErr classes an error met while spooling an upload for p: a full
+// disk is errdefs.ErrInsufficientStorage, others are kept.
+func spoolErr(p string, err error) error {
+	var classed *errdefs.Error
+	if errors.As(err, &classed) {
+		return err
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return tarfs.Err(p, err)
+	}
+	return err
+}
+
+// pathErr classes the engine's answers about a path that the engine
+// reports only as text: a name too long, a symlink loop, a full disk.
+func pathErr(p string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var classed *errdefs.Error
+	if errors.As(err, &classed) && classed.Code != "invalid_argument" {
+		return err
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "file name too long"):
+		return tarfs.Err(p, syscall.ENAMETOOLONG)
+	case strings.Contains(msg, "too many levels of symbolic links"), strings.Contains(msg, "too many links"):
+		return tarfs.Err(p, syscall.ELOOP)
+	case strings.Contains(msg, "no space left on device"), strings.Contains(msg, "disk quota exceeded"):
+		return tarfs.Err(p, syscall.ENOSPC)
+	case strings.Contains(msg, "cannot overwrite directory"):
+		return errdefs.New(errdefs.ErrConflict, "conflict", "%s: a directory is in the way", p)
+	}
+	return err
 }
 
 // checkTar reads the stream, refuses it if an entry escapes, and writes it
@@ -311,6 +459,9 @@ func (d *Driver) checkTar(ctx context.Context, c *pathChecker, dir string, r io.
 			continue
 		}
 		full := path.Join(dir, name)
+		if err := tarfs.CheckName(full); err != nil {
+			return err
+		}
 		if err := through(full, 0); err != nil {
 			return runtime.EscapeError(h.Name)
 		}
@@ -331,7 +482,9 @@ func (d *Driver) checkTar(ctx context.Context, c *pathChecker, dir string, r io.
 				return runtime.EscapeError(h.Name)
 			}
 			h.Linkname = root + "/" + ln
-		case tar.TypeReg, tar.TypeRegA, tar.TypeDir, tar.TypeFifo:
+		case tar.TypeReg, tar.TypeRegA, tar.TypeDir:
+		case tar.TypeFifo, tar.TypeChar, tar.TypeBlock:
+			return runtime.SpecialFileError(h.Name)
 		default:
 			return errdefs.Invalid("invalid_tar", "tar entry %q: type %q is not allowed", h.Name, string(h.Typeflag))
 		}
@@ -347,6 +500,13 @@ func (d *Driver) checkTar(ctx context.Context, c *pathChecker, dir string, r io.
 			return fmt.Errorf("spool tar: %w", err)
 		}
 		if _, err := io.Copy(tw, tr); err != nil {
+			if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+				return tarfs.Err(h.Name, err) // the spool's disk, not the tar
+			}
+			var classed *errdefs.Error
+			if errors.As(err, &classed) {
+				return err // e.g. the upload limit
+			}
 			return errdefs.Invalid("invalid_tar", "read tar entry %q: %v", h.Name, err)
 		}
 	}

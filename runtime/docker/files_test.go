@@ -96,15 +96,16 @@ func TestFilesDetails(t *testing.T) {
 	for _, tc := range []struct {
 		what   string
 		stream io.Reader
-		escape bool
+		class  error
+		code   string
 	}{
-		{"hard link to /etc/passwd", tarOf(t, entry{name: "pw", typ: tar.TypeLink, link: "/etc/passwd"}), true},
-		{"hard link climbing out", tarOf(t, entry{name: "pw", typ: tar.TypeLink, link: "../../etc/passwd"}), true},
-		{"device file", tarOf(t, entry{name: "pw", typ: tar.TypeChar}), false},
+		{"hard link to /etc/passwd", tarOf(t, entry{name: "pw", typ: tar.TypeLink, link: "/etc/passwd"}), errdefs.ErrInvalidArgument, "path_escape"},
+		{"hard link climbing out", tarOf(t, entry{name: "pw", typ: tar.TypeLink, link: "../../etc/passwd"}), errdefs.ErrInvalidArgument, "path_escape"},
+		{"device file", tarOf(t, entry{name: "pw", typ: tar.TypeChar}), errdefs.ErrFailedPrecondition, "special_file"},
 	} {
 		err := d.CopyIn(ctx, id, "", tc.stream)
-		if !errors.Is(err, errdefs.ErrInvalidArgument) || (errdefs.Code(err) == "path_escape") != tc.escape {
-			t.Errorf("%s: %v (code %q)", tc.what, err, errdefs.Code(err))
+		if !errors.Is(err, tc.class) || errdefs.Code(err) != tc.code {
+			t.Errorf("%s: %v (code %q), want %v coded %s", tc.what, err, errdefs.Code(err), tc.class, tc.code)
 		}
 	}
 	if r := sh(t, d, id, "test -e pw"); r.ExitCode == 0 {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/containers/podman/v5/pkg/bindings/containers"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/runtime/internal/tarfs"
 )
 
 // maxLinkHops bounds symlink resolution, as the kernel's ELOOP does.
@@ -59,7 +61,36 @@ func (d *Driver) newResolver(ctx context.Context, id string) (*resolver, error) 
 	if err != nil {
 		return nil, fmt.Errorf("open workspace volume %s: %w", dir, err)
 	}
+	if _, done := swept.LoadOrStore(dir, true); !done {
+		if n := tarfs.SweepAll(ctx, root); n > 0 {
+			d.log.Info("removed temporaries left by an interrupted upload", "workspace_id", id, "count", n)
+		}
+	}
 	return &resolver{root: root, links: map[string]string{}, cache: map[string]stat{}}, nil
+}
+
+// swept holds the volumes whose whole tree this process has swept of the
+// temporaries a killed server left (see tarfs.SweepAll): the first file
+// operation on a workspace after start-up does it.
+var swept sync.Map
+
+// owner is who owns the files the server writes in the volume: the owner
+// of the volume's root, which is the container's root user as the host
+// sees it (uid 0 for a rootful service, the service user's for a rootless
+// one), as if the service had extracted them.
+func (r *resolver) owner() (tarfs.Owner, error) {
+	fi, err := r.root.Lstat(".")
+	if err != nil {
+		return tarfs.Owner{}, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return tarfs.Owner{}, fmt.Errorf("no owner for the workspace's volume")
+	}
+	if int(st.Uid) == os.Geteuid() && int(st.Gid) == os.Getegid() {
+		return tarfs.Owner{}, nil
+	}
+	return tarfs.Owner{Chown: true, UID: int(st.Uid), GID: int(st.Gid)}, nil
 }
 
 func (r *resolver) Close() error { return r.root.Close() }
@@ -122,7 +153,7 @@ func (r *resolver) stat(rel string) (stat, error) {
 		}
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
 	default:
-		return stat{}, fmt.Errorf("stat %s: %w", rel, err)
+		return stat{}, tarfs.Err(rel, err)
 	}
 	r.cache[rel] = s
 	return s, nil
@@ -154,7 +185,7 @@ func (r *resolver) resolve(rel string, followLast bool) (string, error) {
 				continue
 			}
 			if hops++; hops > maxLinkHops {
-				return "", errdefs.Invalid("path_loop", "too many symlinks in %q", rel)
+				return "", errdefs.Invalid("symlink_loop", "%s: too many levels of symbolic links", rel)
 			}
 			target, ok := linkTarget(done, s.link)
 			if !ok {
@@ -199,10 +230,12 @@ func split(p string) []string {
 }
 
 // CopyIn implements runtime.Runtime. The tar is checked entirely before
-// anything is extracted (it is spooled to a temporary file): an entry
+// anything is extracted (it is spooled to a temporary inside the
+// workspace's volume, so it counts against its disk limit): an entry
 // whose path, or a symlink whose target, leads outside the workspace fails
-// the whole call with "path_escape". Entries are extracted as the
-// container's root user.
+// the whole call with "path_escape" and writes nothing. It is then
+// extracted on the host with tarfs, under an os.Root on the volume, each
+// file whole or absent, owned by the container's root user.
 func (d *Driver) CopyIn(ctx context.Context, id, dir string, r io.Reader) error {
 	dir, err := runtime.CleanPath(dir)
 	if err != nil {
@@ -225,34 +258,67 @@ func (d *Driver) CopyIn(ctx context.Context, id, dir string, r io.Reader) error 
 	} else if s.exists && !s.isDir {
 		return errdefs.Invalid("not_a_directory", "copy into %s: %q is not a directory", id, dir)
 	}
-	spool, err := os.CreateTemp("", "corral-podman-copyin-")
+	owner, err := res.owner()
 	if err != nil {
 		return fmt.Errorf("copy into %s: %w", id, err)
 	}
-	defer os.Remove(spool.Name())
+	spool, name, err := tarfs.CreateTemp(res.root, "")
+	if err != nil {
+		return fmt.Errorf("copy into %s: %w", id, tarfs.Err(dir, err))
+	}
+	defer res.root.Remove(name)
 	defer spool.Close()
 	size, err := d.rewriteTar(res, base, r, spool)
 	if err != nil {
-		return fmt.Errorf("copy into %s: %w", id, err)
+		return fmt.Errorf("copy into %s: %w", id, tarfs.Err(dir, err))
 	}
-	// The service reports a full disk only as a bare 500: check first.
 	if free, ok := res.free(); ok && size > free {
-		return errdefs.New(errdefs.ErrTooLarge, "disk_full", "copy into %s: %d bytes of files do not fit in the %d bytes free on the workspace's disk", id, size, free)
+		return errdefs.New(errdefs.ErrInsufficientStorage, "insufficient_storage", "copy into %s: %d bytes of files do not fit in the %d bytes free on the workspace's disk", id, size, free)
 	}
 	if _, err := spool.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("copy into %s: %w", id, err)
 	}
-	copyFn, err := containers.CopyFromArchive(d.ctx(ctx), containerName(id), runtime.WorkspaceDir, spool)
-	if err == nil {
-		err = copyFn()
-	}
-	if err != nil {
-		if strings.Contains(strings.ToLower(err.Error()), "no space left") {
-			return errdefs.New(errdefs.ErrTooLarge, "disk_full", "copy into %s: the workspace's disk is full: %v", id, err)
-		}
-		return fmt.Errorf("copy into %s: %w", id, mapErr(err))
+	// The names were resolved above: they pass through no symlink. The
+	// os.Root still refuses any that a command swapped in meanwhile.
+	if err := tarfs.Extract(ctx, res.root, "", spool, owner); err != nil {
+		return fmt.Errorf("copy into %s: %w", id, err)
 	}
 	return nil
+}
+
+// WriteFile implements runtime.FileWriter: p's directories are resolved
+// as for CopyIn, then the body streams into a temporary next to the file
+// in the volume (counted against its disk limit) and is renamed into place
+// once complete (tarfs.WriteFile).
+func (d *Driver) WriteFile(ctx context.Context, id, p string, r io.Reader, mode fs.FileMode) (int64, error) {
+	rel, err := runtime.CleanPath(p)
+	if err != nil {
+		return 0, fmt.Errorf("write in %s: %w", id, err)
+	}
+	if rel == "" {
+		return 0, errdefs.Invalid("invalid_path", "a file path is required")
+	}
+	if _, err := d.inspect(ctx, id); err != nil {
+		return 0, fmt.Errorf("write in %s: %w", id, err)
+	}
+	res, err := d.newResolver(ctx, id)
+	if err != nil {
+		return 0, fmt.Errorf("write in %s: %w", id, err)
+	}
+	defer res.Close()
+	parent, err := res.resolve(path.Dir(rel), true)
+	if err != nil {
+		return 0, fmt.Errorf("write in %s: %w", id, err)
+	}
+	owner, err := res.owner()
+	if err != nil {
+		return 0, fmt.Errorf("write in %s: %w", id, err)
+	}
+	n, err := tarfs.WriteFile(ctx, res.root, path.Join(parent, path.Base(rel)), r, mode, owner)
+	if err != nil {
+		return n, fmt.Errorf("write in %s: %w", id, err)
+	}
+	return n, nil
 }
 
 // rewriteTar checks every entry of in and writes it to out named relative
@@ -329,6 +395,8 @@ func (d *Driver) rewriteTar(res *resolver, base string, in io.Reader, out io.Wri
 			size += h.Size
 		case tar.TypeXGlobalHeader:
 			continue
+		case tar.TypeFifo, tar.TypeChar, tar.TypeBlock:
+			return 0, runtime.SpecialFileError(h.Name)
 		default:
 			return 0, errdefs.Invalid("invalid_tar", "tar entry %q has an unsupported type %q", h.Name, string(h.Typeflag))
 		}
@@ -340,6 +408,13 @@ func (d *Driver) rewriteTar(res *resolver, base string, in io.Reader, out io.Wri
 			return 0, err
 		}
 		if _, err := io.Copy(tw, tr); err != nil {
+			if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+				return 0, tarfs.Err(h.Name, err) // the spool's disk, not the tar
+			}
+			var classed *errdefs.Error
+			if errors.As(err, &classed) {
+				return 0, err // e.g. the upload limit
+			}
 			return 0, errdefs.Invalid("invalid_tar", "read tar entry %q: %v", h.Name, err)
 		}
 	}
@@ -372,6 +447,9 @@ func (d *Driver) CopyOut(ctx context.Context, id, p string) (io.ReadCloser, erro
 	}
 	if !st.exists {
 		return nil, errdefs.NotFound("copy from %s: %q does not exist", id, p)
+	}
+	if st.info != nil && st.info.Mode()&(fs.ModeNamedPipe|fs.ModeSocket|fs.ModeDevice|fs.ModeCharDevice) != 0 {
+		return nil, runtime.SpecialFileError(p)
 	}
 	if st.link != "" {
 		// The service would follow it; archive the link itself.

@@ -582,8 +582,12 @@ func TestDiskLimit(t *testing.T) {
 	}
 	// An upload that does not fit says so.
 	big := makeTar(t, "big.bin", 20<<20)
-	if err := d.CopyIn(ctx, id, "", big); !errors.Is(err, errdefs.ErrTooLarge) {
-		t.Errorf("CopyIn of 20MiB into a 16MiB disk: %v, want ErrTooLarge", err)
+	if err := d.CopyIn(ctx, id, "", big); !errors.Is(err, errdefs.ErrInsufficientStorage) || errdefs.Code(err) != "insufficient_storage" {
+		t.Errorf("CopyIn of 20MiB into a 16MiB disk: %v, want insufficient_storage", err)
+	}
+	// and leaves no spool behind on the full disk.
+	if _, out := sh(t, d, id, "ls -A"); out != "big\nkeep\n" {
+		t.Errorf("after the refused upload the workspace holds %q", out)
 	}
 	// The files stay, across stop/start and across a reboot (which loses
 	// the mount): a newly opened driver mounts the disk again.
@@ -714,8 +718,8 @@ func TestCopyRootAndHardLinks(t *testing.T) {
 	}
 	for _, typ := range []byte{tar.TypeChar, tar.TypeBlock, tar.TypeFifo} {
 		err := d.CopyIn(ctx, id, "", makeTarEntries(t, &tar.Header{Typeflag: typ, Name: "dev", Devmajor: 1, Devminor: 3, Mode: 0o666}))
-		if !errors.Is(err, errdefs.ErrInvalidArgument) {
-			t.Errorf("special file %c: %v, want ErrInvalidArgument", typ, err)
+		if !errors.Is(err, errdefs.ErrFailedPrecondition) || errdefs.Code(err) != "special_file" {
+			t.Errorf("special file %c: %v, want special_file", typ, err)
 		}
 	}
 	if _, out := sh(t, d, id, "ls -A sub; test -e dev && echo dev"); out != "hard\ntoroot\n" {

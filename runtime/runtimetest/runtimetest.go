@@ -74,6 +74,8 @@ func Run(t *testing.T, rt runtime.Runtime, opts Options) {
 		{"Env", s.testEnv},
 		{"FileRoundTrip", s.testFileRoundTrip},
 		{"PathEscape", s.testPathEscape},
+		{"CutUpload", s.testCutUpload},
+		{"PathErrors", s.testPathErrors},
 		{"PersistAcrossStop", s.testPersistAcrossStop},
 		{"TimeoutKillsTree", s.testTimeoutKillsTree},
 		{"CancelKills", s.testCancelKills},
