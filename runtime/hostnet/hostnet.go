@@ -98,43 +98,55 @@ func SourceAddr(serverID string) netip.Addr {
 	return netip.AddrFrom4([4]byte{r[0], r[1], b[0], b[1]})
 }
 
-// SourceLink is the name of the dummy interface holding SourceAddr: it
-// carries the server's interface prefix, like every interface of the
-// server's sandboxes.
+// SourceLink is the name of the interface holding SourceAddr: it carries
+// the server's interface prefix, like every interface of the server's
+// sandboxes. It is one end of a veth pair whose other end (suffix "t") is
+// also on the host: nothing is sent through it, it only makes the address
+// the host's own (a dummy interface would do, but not every kernel has the
+// dummy driver).
 func SourceLink(serverID string) string { return firewall.IfacePrefix(serverID) + "s" }
 
-// EnsureSource makes the dummy interface SourceLink(serverID), up, with
+func sourcePeer(serverID string) string { return firewall.IfacePrefix(serverID) + "t" }
+
+// EnsureSource makes the interface SourceLink(serverID), up, with
 // SourceAddr(serverID)/32, and returns the address. Idempotent.
 func EnsureSource(serverID string) (netip.Addr, error) {
 	addr := SourceAddr(serverID)
-	name := SourceLink(serverID)
+	name, peer := SourceLink(serverID), sourcePeer(serverID)
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if !errors.As(err, &nf) {
 			return addr, fmt.Errorf("look up %s: %w", name, err)
 		}
-		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil && !errors.Is(err, fs.ErrExist) {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: peer}
+		if err := netlink.LinkAdd(veth); err != nil && !errors.Is(err, fs.ErrExist) {
 			return addr, fmt.Errorf("create interface %s: %w", name, err)
 		}
 		if link, err = netlink.LinkByName(name); err != nil {
 			return addr, fmt.Errorf("look up %s: %w", name, err)
 		}
 	}
-	if _, ok := link.(*netlink.Dummy); !ok {
-		return addr, fmt.Errorf("interface %s exists and is a %s, not the server's dummy interface", name, link.Type())
+	if _, ok := link.(*netlink.Veth); !ok {
+		return addr, fmt.Errorf("interface %s exists and is a %s, not the server's veth", name, link.Type())
 	}
 	a := &netlink.Addr{IPNet: netlink.NewIPNet(addr.AsSlice())}
 	if err := netlink.AddrReplace(link, a); err != nil {
 		return addr, fmt.Errorf("address %s on %s: %w", addr, name, err)
 	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return addr, fmt.Errorf("bring up %s: %w", name, err)
+	for _, n := range []string{peer, name} {
+		l, err := netlink.LinkByName(n)
+		if err == nil {
+			err = netlink.LinkSetUp(l)
+		}
+		if err != nil {
+			return addr, fmt.Errorf("bring up %s: %w", n, err)
+		}
 	}
 	return addr, nil
 }
 
-// RemoveSource deletes the interface EnsureSource made. Idempotent.
+// RemoveSource deletes the interfaces EnsureSource made. Idempotent.
 func RemoveSource(serverID string) error {
 	name := SourceLink(serverID)
 	link, err := netlink.LinkByName(name)

@@ -37,7 +37,7 @@ import (
 //   - Rootless: slirp4netns already gives each workspace its own stack and
 //     keeps it from the host's loopback. Its outbound connections are made
 //     from the host, so they are bound to a per-server source address
-//     (hostnet.SourceAddr, on the dummy interface hostnet.SourceLink) that
+//     (hostnet.SourceAddr, on the interface hostnet.SourceLink) that
 //     the firewall masquerades and whose traffic to the host's own
 //     addresses and to denied ranges it drops (firewall.AddSource). This
 //     needs a root server, whatever user the service runs as.
