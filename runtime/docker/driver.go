@@ -63,7 +63,7 @@ type Driver struct {
 	// run on this machine; each container's view confirms it (see view).
 	local bool
 
-	net   *openNet // how network mode open is served (network.go)
+	net *openNet // how network mode open is served (network.go)
 
 	locks sync.Map // workspace ID → *sync.Mutex, serialising lifecycle calls
 	views sync.Map // container name → hostView

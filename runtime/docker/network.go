@@ -127,7 +127,7 @@ func (d *Driver) ensureOpen(ctx context.Context) error {
 		_, err := d.cli.NetworkCreate(ctx, n.name, client.NetworkCreateOptions{
 			Driver: "bridge",
 			Options: map[string]string{
-				bridgeNameOpt: n.bridge,
+				bridgeNameOpt:                                    n.bridge,
 				"com.docker.network.bridge.enable_icc":           "false",
 				"com.docker.network.bridge.enable_ip_masquerade": "true",
 			},
