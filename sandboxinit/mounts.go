@@ -34,7 +34,7 @@ import (
 //
 // Commands still read the host's files outside hide (they run the host's
 // programs); they can write only to home, /tmp and /dev/shm.
-func confine(home string, hide []string, proxy string, tmpSize int64) error {
+func confine(home string, hide []string, proxy string, tmpSize int64, resolvConf string) error {
 	if home == "" {
 		return errors.New("confine: no home directory given")
 	}
@@ -59,6 +59,14 @@ func confine(home string, hide []string, proxy string, tmpSize int64) error {
 			return fmt.Errorf("confine: open proxy socket directory %s: %w", proxyDir, err)
 		}
 		defer unix.Close(proxyFD)
+	}
+	resolvFD := -1
+	if resolvConf != "" {
+		// Opened now: it lives in the runtime's data directory, hidden below.
+		if resolvFD, err = unix.Open(resolvConf, unix.O_PATH|unix.O_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("confine: open %s: %w", resolvConf, err)
+		}
+		defer unix.Close(resolvFD)
 	}
 	hide = outermost(hide)
 	for _, h := range hide {
@@ -109,6 +117,15 @@ func confine(home string, hide []string, proxy string, tmpSize int64) error {
 	// keeping only the resolver's files for DNS in network mode open.
 	if err := coverRun(); err != nil {
 		return err
+	}
+	if resolvFD >= 0 {
+		// Onto /etc/resolv.conf or, if it is a symlink, the file it names.
+		if err := unix.Mount(fdPath(resolvFD), "/etc/resolv.conf", "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("confine: bind %s on /etc/resolv.conf: %w", resolvConf, err)
+		}
+		if err := unix.Mount("", "/etc/resolv.conf", "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("confine: make /etc/resolv.conf read-only: %w", err)
+		}
 	}
 	// Home (and the proxy socket) may now be covered: bind them back.
 	if err := os.MkdirAll(home, 0o755); err != nil {

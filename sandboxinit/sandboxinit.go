@@ -48,6 +48,10 @@ type Flags struct {
 	// against the workspace's limits.
 	Cgroups  []string
 	CgroupV2 bool
+	// ResolvConf (with Confine) is a host file bound read-only over
+	// /etc/resolv.conf: the resolvers a sandbox on its own network can
+	// reach (the process driver's open mode).
+	ResolvConf string
 }
 
 // Args returns the command-line arguments (after "init") that Main parses
@@ -96,6 +100,9 @@ func (f Flags) Args() []string {
 	if f.CgroupV2 {
 		a = append(a, "--cgroup-v2")
 	}
+	if f.ResolvConf != "" {
+		a = append(a, "--resolv-conf", f.ResolvConf)
+	}
 	return a
 }
 
@@ -127,6 +134,7 @@ func parseFlags(args []string, stderr io.Writer) (Flags, error) {
 		return nil
 	})
 	fs.BoolVar(&f.CgroupV2, "cgroup-v2", false, "--cgroup is a single cgroup v2 directory")
+	fs.StringVar(&f.ResolvConf, "resolv-conf", "", "with --confine, bind this file read-only over /etc/resolv.conf")
 	if err := fs.Parse(args); err != nil {
 		return f, err
 	}

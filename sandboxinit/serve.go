@@ -164,7 +164,7 @@ func setup(f Flags) error {
 			return fmt.Errorf("mount /proc: %w", err)
 		}
 		if f.Confine {
-			if err := confine(f.Home, f.Hide, f.Proxy, f.TmpSize); err != nil {
+			if err := confine(f.Home, f.Hide, f.Proxy, f.TmpSize, f.ResolvConf); err != nil {
 				return err
 			}
 		}

@@ -60,7 +60,8 @@ func Corral(t testing.TB) string {
 func removeStale(dir string) {
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
-		pid, perr := strconv.Atoi(strings.TrimPrefix(e.Name(), "corral-"))
+		name := strings.TrimPrefix(strings.TrimPrefix(e.Name(), "corral-"), "netprobe-")
+		pid, perr := strconv.Atoi(name)
 		if perr != nil || pid == os.Getpid() {
 			continue
 		}
@@ -68,4 +69,35 @@ func removeStale(dir string) {
 			os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}
+}
+
+var (
+	probeOnce sync.Once
+	probePath string
+	probeErr  error
+	probeOut  []byte
+)
+
+// NetProbe returns the path of a freshly built static netprobe (see
+// internal/testbin/netprobe), the network isolation suite's helper, in the
+// same shared directory as Corral's binaries (netprobe-PID).
+func NetProbe(t testing.TB) string {
+	t.Helper()
+	probeOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		dir := filepath.Join(os.TempDir(), "corral-testbin")
+		if probeErr = os.MkdirAll(dir, 0o755); probeErr != nil {
+			return
+		}
+		removeStale(dir)
+		probePath = filepath.Join(dir, "netprobe-"+strconv.Itoa(os.Getpid()))
+		cmd := exec.Command("go", "build", "-o", probePath, "./netprobe")
+		cmd.Dir = filepath.Dir(file)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		probeOut, probeErr = cmd.CombinedOutput()
+	})
+	if probeErr != nil {
+		t.Fatalf("build netprobe: %v\n%s", probeErr, probeOut)
+	}
+	return probePath
 }

@@ -55,6 +55,7 @@ import (
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/runtime/firewall"
 	"github.com/corralhq/corral/sandboxinit"
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
@@ -79,6 +80,8 @@ type Driver struct {
 	uidWhy    string      // why not, if not
 	uidSepOff bool        // option uid_separation=false
 	hide      []string    // option hide: more host directories sandboxes must not see
+	netCfg    runtime.NetworkConfig
+	open      openNet // how network mode open works here
 
 	mu       sync.Mutex
 	children map[string]*supervisorProc // supervisors this driver started (it must reap them)
@@ -169,6 +172,7 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 		log:      log.Named("process"),
 		children: map[string]*supervisorProc{},
 		metas:    map[string]*meta{},
+		netCfg:   cfg.Network,
 	}
 	for _, dir := range []string{d.wsRoot(), filepath.Join(dataDir, "sock")} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -219,9 +223,23 @@ func (d *Driver) Name() string { return Name }
 // Capabilities reports what the host allowed when the driver was opened.
 func (d *Driver) Capabilities() runtime.Capabilities { return d.caps }
 
-// Close releases nothing: supervisors keep running, and are found again by
-// the next driver opened on the same DataDir.
-func (d *Driver) Close() error { return nil }
+// Close leaves supervisors running, to be found again by the next driver
+// opened on the same DataDir. With no workspace left it removes the
+// server's firewall table; with workspaces left the rules stay, guarding
+// the running sandboxes.
+func (d *Driver) Close() error {
+	if !d.open.isolated {
+		return nil
+	}
+	ws, err := d.List(context.Background())
+	if err != nil || len(ws) > 0 {
+		return err
+	}
+	if err := firewall.Remove(d.serverID); err != nil {
+		return fmt.Errorf("process runtime: %w", err)
+	}
+	return nil
+}
 
 // probe measures what this host allows and fills d.caps. noNS turns
 // namespaces off (option namespaces=false), for hosts where creating them
@@ -238,12 +256,18 @@ func (d *Driver) probe(noNS bool) {
 	d.cg, why["cgroup"] = probeCgroups(root)
 	d.disk, why["disk"] = probeDisk(root)
 
-	sup := policy.Support{NoFile: true, Network: []policy.Mode{policy.NetworkOpen}}
+	d.probeOpen(d.netCfg)
+	sup := policy.Support{NoFile: true}
 	if d.ns.netOK {
-		sup.Network = []policy.Mode{policy.NetworkNone, policy.NetworkAllowlist, policy.NetworkOpen}
+		sup.Network = []policy.Mode{policy.NetworkNone, policy.NetworkAllowlist}
 	} else {
 		why["network:none"] = d.ns.netWhy
 		why["network:allowlist"] = d.ns.netWhy
+	}
+	if d.open.isolated || d.open.shared {
+		sup.Network = append(sup.Network, policy.NetworkOpen)
+	} else {
+		why["network:open"] = d.open.why
 	}
 	if d.cg != nil {
 		sup.Memory, sup.CPU, sup.Pids = d.cg.memory != "", d.cg.cpu != "", d.cg.pids != ""
@@ -285,6 +309,12 @@ func (d *Driver) probe(noNS bool) {
 		iso = "namespaces: mount, pid, ipc, uts"
 		if d.ns.netOK {
 			iso += ", net"
+		}
+		switch {
+		case d.open.isolated:
+			iso += " (open: veth, NAT and nftables rules)"
+		case d.open.shared:
+			iso += " (open: the host's network, unsafe)"
 		}
 		if d.ns.userns {
 			iso += ", user"
@@ -651,7 +681,11 @@ func (d *Driver) start(ctx context.Context, m *meta) (err error) {
 		return errdefs.New(errdefs.ErrFailedPrecondition, "unsupported_isolation",
 			"workspace %s runs its commands as uid %d, which this driver cannot do here: %s", id, m.UID, d.uidWhy)
 	}
-	netns := m.Policy.Network.Mode != policy.NetworkOpen
+	open := m.Policy.Network.Mode == policy.NetworkOpen
+	if open && !d.open.isolated && !d.open.shared {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "unsupported_network", "this host cannot isolate network mode open: %s", d.open.why)
+	}
+	netns := d.ownNetns(open)
 	if netns && !d.ns.netOK {
 		return errdefs.New(errdefs.ErrFailedPrecondition, "unsupported_network", "this host cannot create network namespaces: %s", d.ns.netWhy)
 	}
@@ -670,6 +704,11 @@ func (d *Driver) start(ctx context.Context, m *meta) (err error) {
 		flags.Hide = append([]string{d.dataDir}, d.hide...)
 		// A disk limit caps the scratch space too.
 		flags.TmpSize = int64(m.Policy.Limits.Disk)
+	}
+	if open && d.open.isolated {
+		if flags.ResolvConf, err = d.writeResolvConf(id); err != nil {
+			return err
+		}
 	}
 	if m.Policy.Network.Mode == policy.NetworkAllowlist {
 		flags.Proxy = m.ProxySocket
@@ -745,6 +784,11 @@ func (d *Driver) start(ctx context.Context, m *meta) (err error) {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	if open && d.open.isolated {
+		if err := d.setupOpenNet(id, sp.pid); err != nil {
+			return fmt.Errorf("network: %w", err)
+		}
+	}
 	st, ok := procStartTime(sp.pid)
 	if !ok {
 		return fmt.Errorf("supervisor exited after it was ready (see %s)", logf.Name())
@@ -796,6 +840,9 @@ func (d *Driver) stop(ctx context.Context, id string) error {
 			return err
 		}
 		d.log.Info("workspace stopped", "workspace_id", id)
+	}
+	if d.open.isolated {
+		d.teardownOpenNet(id)
 	}
 	if d.cg != nil {
 		d.cg.killAll(id)
@@ -866,6 +913,9 @@ func (d *Driver) Remove(ctx context.Context, id string) error {
 		if err := d.cg.remove(id); err != nil {
 			return fmt.Errorf("remove workspace %s: %w", id, err)
 		}
+	}
+	if err := d.freeLease(id); err != nil {
+		return fmt.Errorf("remove workspace %s: %w", id, err)
 	}
 	// meta.json goes first, so a half-removed workspace no longer exists.
 	if err := os.Remove(d.metaPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -49,6 +49,12 @@ func initPath(t testing.TB) string {
 
 func openWith(t testing.TB, dataDir string, options map[string]string) runtime.Runtime {
 	t.Helper()
+	return openNet(t, dataDir, runtime.NetworkConfig{}, options)
+}
+
+// openNet opens the driver with the operator's network settings nc.
+func openNet(t testing.TB, dataDir string, nc runtime.NetworkConfig, options map[string]string) runtime.Runtime {
+	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
 	}
@@ -57,6 +63,7 @@ func openWith(t testing.TB, dataDir string, options map[string]string) runtime.R
 		ServerID: "test",
 		InitPath: initPath(t),
 		Options:  options,
+		Network:  nc,
 		Logger:   hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
 	})
 	if err != nil {
@@ -80,7 +87,12 @@ func TestConformanceOpenNetwork(t *testing.T) {
 // Without namespaces the supervisor is a subreaper instead of PID 1, and
 // commands see the host's processes; everything else must hold.
 func TestConformanceNoNamespaces(t *testing.T) {
-	rt := openWith(t, "", map[string]string{"namespaces": "false"})
+	// Without namespaces open cannot be isolated: refused, unless the
+	// operator asks for the shared network.
+	if c := openWith(t, "", map[string]string{"namespaces": "false"}).Capabilities().Policy; c.SupportsNetwork(policy.NetworkOpen) || c.Why["network:open"] == "" {
+		t.Fatalf("namespaces=false offers an isolated network open: %+v", c)
+	}
+	rt := openNet(t, "", runtime.NetworkConfig{UnsafeShared: true}, map[string]string{"namespaces": "false"})
 	if rt.Capabilities().Policy.SupportsNetwork(policy.NetworkNone) {
 		t.Fatalf("namespaces=false still offers network none: %+v", rt.Capabilities())
 	}
@@ -228,11 +240,13 @@ func TestNetworkNoneHasNoRoute(t *testing.T) {
 	port := listen(t)
 	script := fmt.Sprintf("busybox nc 127.0.0.1 %d </dev/null", port)
 
-	// The same command reaches the listener from an open workspace, so a
-	// failure below is the network namespace, not the command.
-	open := workspace(t, rt, policy.Policy{Network: policy.Network{Mode: policy.NetworkOpen}}, "")
-	if r := sh(t, rt, open, script); r.stdout != "pong\n" {
-		t.Fatalf("open workspace could not reach the host listener: %+v %q %q", r.ExitResult, r.stdout, r.stderr)
+	// The same command reaches the listener from an open workspace on the
+	// operator's unsafe shared network, so a failure below is the network
+	// namespace, not the command.
+	shared := openNet(t, "", runtime.NetworkConfig{UnsafeShared: true}, nil)
+	open := workspace(t, shared, policy.Policy{Network: policy.Network{Mode: policy.NetworkOpen}}, "")
+	if r := sh(t, shared, open, script); r.stdout != "pong\n" {
+		t.Fatalf("open workspace on the shared network could not reach the host listener: %+v %q %q", r.ExitResult, r.stdout, r.stderr)
 	}
 	ws := workspace(t, rt, none(), "")
 	if r := sh(t, rt, ws, script); r.ExitCode == 0 || r.stdout != "" {
@@ -584,6 +598,7 @@ func TestAdoptAfterRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { other.Close() })
 	if l, err := other.List(ctx); err != nil || len(l) != 0 {
 		t.Errorf("another server lists %v, %v", l, err)
 	}

@@ -26,7 +26,8 @@ import (
 //     runtime.ProxyListenAddr and the egress proxy (plain HTTP and CONNECT),
 //     any other host is refused with 403 and reported, and a direct
 //     connection that bypasses the proxy has no route;
-//   - open: the target is reachable directly.
+//   - open: the test host, on a public-looking address in a network
+//     namespace the suite makes, is reachable directly.
 //
 // The target is an HTTP server on one of this machine's own addresses that
 // the driver's open network can reach (the address of the default route's
@@ -212,6 +213,12 @@ func (r fixedResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.A
 // skips t if rt cannot enforce m here.
 func (n *netSuite) workspace(t *testing.T, m policy.Mode, allowed ...string) string {
 	t.Helper()
+	return n.workspaceLabeled(t, m, map[string]string{"test": "runtimetest-network"}, allowed...)
+}
+
+// workspaceLabeled is workspace with the given labels.
+func (n *netSuite) workspaceLabeled(t *testing.T, m policy.Mode, labels map[string]string, allowed ...string) string {
+	t.Helper()
 	caps := n.rt.Capabilities().Policy
 	cfg := policy.DefaultConfig()
 	cfg.Defaults, _ = caps.Enforceable(cfg.Defaults)
@@ -223,7 +230,7 @@ func (n *netSuite) workspace(t *testing.T, m policy.Mode, allowed ...string) str
 		t.Skipf("driver cannot enforce this here: %v", err)
 	}
 	id := "ws_net_" + randHex(5)
-	spec := runtime.Spec{ID: id, Image: n.image, Policy: p, Labels: map[string]string{"test": "runtimetest-network"}}
+	spec := runtime.Spec{ID: id, Image: n.image, Policy: p, Labels: labels}
 	if m == policy.NetworkAllowlist {
 		sock, err := n.proxy.Open(id, p.Network.AllowedHosts)
 		if err != nil {
@@ -357,16 +364,19 @@ func (n *netSuite) testAllowlist(t *testing.T) {
 	n.mustNotReach(t, "nc "+n.target.addr.String(), n.nc(t, id), before)
 }
 
+// testOpen reaches the test host, on a public-looking address: an open
+// network reaches the internet, not this machine (RunIsolation checks that).
 func (n *netSuite) testOpen(t *testing.T) {
+	th := startTestHost(t)
 	id := n.workspace(t, policy.NetworkOpen)
-	url := "http://" + n.target.addr.String() + "/"
-	before := len(n.target.seen())
+	url := th.httpURL()
+	before := th.hits.Load()
 	r := n.wget(t, id, url, false)
-	if r.ExitCode != 0 || !n.reached(r) {
+	if r.ExitCode != 0 || !strings.Contains(r.Stdout, th.marker) {
 		t.Fatalf("wget %s on an open network: exit %d\nstdout: %s\nstderr: %s", url, r.ExitCode, r.Stdout, r.Stderr)
 	}
-	if seen := n.target.seen(); len(seen) != before+1 {
-		t.Errorf("target saw %q, want one request", seen[before:])
+	if got := th.hits.Load() - before; got != 1 {
+		t.Errorf("test host saw %d requests, want one", got)
 	}
 	if ds := n.denials.of(id); len(ds) != 0 {
 		t.Errorf("the proxy was involved in mode open: %+v", ds)

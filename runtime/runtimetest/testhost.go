@@ -1,0 +1,226 @@
+package runtimetest
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	goruntime "runtime"
+	"sync/atomic"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// The test host: a machine on a public-looking address (TEST-NET-3, which
+// no real network routes) that an open-mode sandbox must reach. It lives in
+// a network namespace the suite makes, routed from this machine through a
+// veth pair, so all traffic stays on this machine.
+var (
+	testHostAddr    = netip.MustParseAddr("203.0.113.10")
+	testHostGateway = netip.MustParseAddr("203.0.113.1")
+)
+
+const (
+	// testHostIface is the host end of the test host's veth; not "crl…",
+	// which every Corral server's firewall keeps sandboxes away from.
+	testHostIface = "corraltsthost0"
+	// testHostLock serialises test hosts across test processes: every
+	// driver's suite uses the same address.
+	testHostLock = "/run/lock/corral-testhost"
+	// testHostLinePort is where the test host answers one line to any
+	// connection (what netprobe dial reads); port 80 serves HTTP.
+	testHostLinePort = 7
+)
+
+// testHost is the running test host.
+type testHost struct {
+	marker string       // in every answer
+	hits   atomic.Int64 // connections and requests received
+}
+
+func (h *testHost) httpURL() string { return "http://" + testHostAddr.String() + "/" }
+func (h *testHost) lineTarget() string {
+	return "tcp:" + netip.AddrPortFrom(testHostAddr, testHostLinePort).String()
+}
+
+// startTestHost makes the test host, removed (namespace, veth, listeners)
+// when t ends. It needs root; without it t is skipped.
+func startTestHost(t *testing.T) *testHost {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the test host needs root (a network namespace and a veth pair)")
+	}
+	lock, err := os.OpenFile(testHostLock, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		t.Fatalf("test host lock: %v", err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		lock.Close()
+		t.Fatalf("test host lock: %v", err)
+	}
+	t.Cleanup(func() { lock.Close() })
+
+	// A crashed run's leftover (its namespace went with its process).
+	if l, err := netlink.LinkByName(testHostIface); err == nil {
+		_ = netlink.LinkDel(l)
+	}
+	ns, err := newNetns()
+	if err != nil {
+		t.Fatalf("test host namespace: %v", err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: testHostIface},
+		PeerName:      "eth0",
+		PeerNamespace: netlink.NsFd(int(ns)),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		t.Fatalf("test host veth: %v", err)
+	}
+	t.Cleanup(func() {
+		if l, err := netlink.LinkByName(testHostIface); err == nil {
+			if err := netlink.LinkDel(l); err != nil {
+				t.Errorf("remove test host veth: %v", err)
+			}
+		}
+	})
+	if err := configureTestHost(ns); err != nil {
+		t.Fatalf("test host: %v", err)
+	}
+
+	h := &testHost{marker: "corral-test-host-" + randHex(6)}
+	lnHTTP, err := listenIn(ns, netip.AddrPortFrom(testHostAddr, 80))
+	if err != nil {
+		t.Fatalf("test host: %v", err)
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h.hits.Add(1)
+			fmt.Fprintln(w, h.marker)
+		}),
+		ReadHeaderTimeout: wait,
+	}
+	go srv.Serve(lnHTTP)
+	t.Cleanup(func() { srv.Close() })
+	lnLine, err := listenIn(ns, netip.AddrPortFrom(testHostAddr, testHostLinePort))
+	if err != nil {
+		t.Fatalf("test host: %v", err)
+	}
+	t.Cleanup(func() { lnLine.Close() })
+	go serveLine(lnLine, h.marker, &h.hits)
+	return h
+}
+
+// configureTestHost addresses both ends and routes the namespace back.
+func configureTestHost(ns netns.NsHandle) error {
+	host, err := netlink.LinkByName(testHostIface)
+	if err != nil {
+		return err
+	}
+	if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: &net.IPNet{IP: testHostGateway.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		return fmt.Errorf("address %s: %w", testHostGateway, err)
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return err
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	for _, name := range []string{"lo", "eth0"} {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		if name == "eth0" {
+			if err := h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: testHostAddr.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+				return fmt.Errorf("address %s: %w", testHostAddr, err)
+			}
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			return err
+		}
+	}
+	eth0, _ := h.LinkByName("eth0")
+	return h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: testHostGateway.AsSlice()})
+}
+
+// newNetns makes a network namespace and returns a handle to it, leaving
+// the calling goroutine's thread where it was.
+func newNetns() (netns.NsHandle, error) {
+	type res struct {
+		ns  netns.NsHandle
+		err error
+	}
+	c := make(chan res, 1)
+	go func() {
+		goruntime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			c <- res{err: err}
+			return // the thread dies with the locked goroutine
+		}
+		defer orig.Close()
+		ns, err := netns.New()
+		if err != nil {
+			c <- res{err: err}
+			return
+		}
+		if err := netns.Set(orig); err != nil {
+			ns.Close()
+			c <- res{err: err}
+			return // still in ns: let the thread die
+		}
+		goruntime.UnlockOSThread()
+		c <- res{ns: ns}
+	}()
+	r := <-c
+	return r.ns, r.err
+}
+
+// listenIn opens a TCP listener inside ns (a socket belongs to the
+// namespace it was made in, wherever it is used after).
+func listenIn(ns netns.NsHandle, addr netip.AddrPort) (net.Listener, error) {
+	type res struct {
+		ln  net.Listener
+		err error
+	}
+	c := make(chan res, 1)
+	go func() {
+		goruntime.LockOSThread()
+		// Never unlocked: the thread, moved to ns, ends with this goroutine.
+		if err := netns.Set(ns); err != nil {
+			c <- res{err: err}
+			return
+		}
+		ln, err := net.Listen("tcp", addr.String())
+		c <- res{ln, err}
+	}()
+	r := <-c
+	if r.err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, r.err)
+	}
+	return r.ln, nil
+}
+
+// serveLine answers every connection with one line, counting them.
+func serveLine(ln net.Listener, line string, hits *atomic.Int64) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		hits.Add(1)
+		fmt.Fprintln(c, line)
+		c.Close()
+	}
+}
