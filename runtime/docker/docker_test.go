@@ -126,6 +126,11 @@ func TestNetwork(t *testing.T) {
 	runtimetest.RunNetwork(t, open(t), enginetest.TestImage)
 }
 
+// TestIsolation: open-mode workspaces reach the internet and nothing else.
+func TestIsolation(t *testing.T) {
+	runtimetest.RunIsolation(t, open(t), enginetest.TestImage)
+}
+
 func TestConformanceOpenNetwork(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")

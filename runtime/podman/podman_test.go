@@ -130,6 +130,7 @@ func TestConformance(t *testing.T) {
 			d := open(t, m.rootless, nil)
 			runtimetest.Run(t, d, runtimetest.Options{Image: enginetest.TestImage})
 			t.Run("Network", func(t *testing.T) { runtimetest.RunNetwork(t, d, enginetest.TestImage) })
+			t.Run("Isolation", func(t *testing.T) { runtimetest.RunIsolation(t, d, enginetest.TestImage) })
 		})
 	}
 	// Signals, timeouts and cancellation sent from inside the sandbox
