@@ -21,7 +21,7 @@ fi
 
 # 1. Packages.
 missing=()
-for pkg in docker.io busybox-static docker-registry; do
+for pkg in docker.io busybox-static docker-registry iproute2 iptables kmod; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -30,8 +30,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-	say "packages already installed (docker.io, busybox-static, docker-registry)"
+	say "packages already installed (docker.io, busybox-static, docker-registry, iproute2, iptables, kmod)"
 fi
+
+# The open-network firewall (runtime/firewall) and its tests: nf_tables with
+# NAT, fib and conntrack, and veth pairs. The kernel loads these on demand;
+# loading them here makes a missing one fail loudly at setup, not in a test.
+modprobe -a nf_tables nft_chain_nat nft_masq nft_fib_inet nft_ct veth 2>/dev/null ||
+	say "note: modprobe could not load every nf_tables module (built in, or missing)"
 
 # Debian's docker.io puts its client in /usr/bin; another docker client may
 # come first in PATH, which is fine as long as it talks to our socket.

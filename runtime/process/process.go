@@ -5,11 +5,12 @@
 // A workspace is a directory, DataDir/workspaces/ID, whose home/ holds the
 // workspace's files; commands run with it as HOME and working directory.
 // Starting a workspace starts its supervisor, `corral init --serve`, in new
-// mount, pid, ipc, uts and (for network modes none and allowlist) network
-// namespaces. The supervisor is PID 1 there: it reaps orphans and starts
-// each command on request with stdio fds that the driver passes over a unix
-// socket, so output flows straight from the command to the driver and an
-// exec costs about one fork. Commands start inside the workspace's cgroups
+// mount, pid, ipc, uts and network namespaces (in every network mode: see
+// network.go for how mode open reaches the internet and nothing else). The
+// supervisor is PID 1 there: it reaps orphans and starts each command on
+// request with stdio fds that the driver passes over a unix socket, so
+// output flows straight from the command to the driver and an exec costs
+// about one fork. Commands start inside the workspace's cgroups
 // (the supervisor itself stays outside them). Stopping kills the supervisor
 // and with it the whole pid namespace. Supervisors run in their own session
 // and survive a server restart; a new driver on the same DataDir finds them
