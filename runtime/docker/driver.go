@@ -132,6 +132,7 @@ func Open(ctx context.Context, cfg runtime.Config) (*Driver, error) {
 	d.local = engineIsLocal(host)
 	d.caps = capabilitiesFrom(info.Info, d.local)
 	d.setupOpen(cfg.Network, slices.Contains(info.Info.SecurityOptions, "name=rootless"))
+	d.refreshOpen(pctx)
 	d.log.Info("opened", "host", host, "api_version", cli.ClientVersion(),
 		"server_version", info.Info.ServerVersion, "cgroup_version", info.Info.CgroupVersion,
 		"local", d.local, "isolation", d.caps.Isolation)

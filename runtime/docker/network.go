@@ -154,6 +154,23 @@ func (d *Driver) ensureOpen(ctx context.Context) error {
 
 const bridgeNameOpt = "com.docker.network.bridge.name"
 
+// refreshOpen reinstalls the firewall at start-up if the server's open
+// network already exists: its workspaces may be running (adopted after a
+// restart of the server) and the rules may be gone (the host's ruleset was
+// flushed). A failure is logged: Start refuses open workspaces until it
+// succeeds.
+func (d *Driver) refreshOpen(ctx context.Context) {
+	if !d.isolated() {
+		return
+	}
+	if _, err := d.cli.NetworkInspect(ctx, d.net.name, client.NetworkInspectOptions{}); err != nil {
+		return
+	}
+	if err := d.ensureOpen(ctx); err != nil {
+		d.log.Warn("reinstall the firewall of the open-mode network", "network", d.net.name, "error", err)
+	}
+}
+
 // closeOpen removes the server's network and firewall when none of the
 // server's workspaces is left on the engine. Errors are logged: Close has
 // nobody to return them to who could act on them.

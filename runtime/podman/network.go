@@ -183,6 +183,26 @@ func (d *Driver) ensureOpen(ctx context.Context) error {
 	return nil
 }
 
+// refreshOpen reinstalls what open-mode workspaces need at start-up if
+// the server has workspaces on the engine: they may be running (adopted
+// after a restart of the server) and the rules may be gone (the host's
+// ruleset was flushed). A failure is logged: Start refuses open workspaces
+// until it succeeds.
+func (d *Driver) refreshOpen(ctx context.Context) {
+	if !d.net.on {
+		return
+	}
+	all := true
+	ctrs, err := containers.List(d.ctx(ctx), &containers.ListOptions{All: &all,
+		Filters: map[string][]string{"label": {runtime.LabelServer + "=" + d.serverID}}})
+	if err != nil || len(ctrs) == 0 {
+		return
+	}
+	if err := d.ensureOpen(ctx); err != nil {
+		d.log.Warn("reinstall the firewall for open-mode workspaces", "error", err)
+	}
+}
+
 // checkBridge fails if the container started on the server's network but
 // its bridge is not on this host (a service in another network namespace),
 // where the firewall cannot see it; the caller stops the container.

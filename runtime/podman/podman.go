@@ -181,6 +181,7 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 		d.caps.Policy.Why["disk"] = why
 	}
 	d.setupOpen(cfg.Network)
+	d.refreshOpen(ctx)
 	log.Info("connected", "uri", uri, "version", d.version, "rootless", d.rootless,
 		"cgroups", info.Host.CgroupsVersion, "isolation", d.caps.Isolation)
 	return d, nil
