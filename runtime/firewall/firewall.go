@@ -72,6 +72,7 @@ type Config struct {
 
 // Chain names in the table.
 const (
+	chainPre     = "prerouting"
 	chainInput   = "input"
 	chainForward = "forward"
 	chainOutput  = "output"
@@ -299,8 +300,10 @@ func table(serverID string) *nftables.Table {
 	return &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName(serverID)}
 }
 
-func chains(t *nftables.Table) (input, forward, output, post *nftables.Chain) {
+func chains(t *nftables.Table) (pre, input, forward, output, post *nftables.Chain) {
 	accept := nftables.ChainPolicyAccept
+	pre = &nftables.Chain{Name: chainPre, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle, Policy: &accept}
 	input = &nftables.Chain{Name: chainInput, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept}
 	forward = &nftables.Chain{Name: chainForward, Table: t, Type: nftables.ChainTypeFilter,
@@ -325,13 +328,22 @@ func ensure(opts []nftables.ConnOption, cfg Config) error {
 		return err
 	}
 	t := c.AddTable(table(cfg.ServerID))
-	input, forward, output, post := chains(t)
-	for _, ch := range []*nftables.Chain{input, forward, output, post} {
+	pre, input, forward, output, post := chains(t)
+	for _, ch := range []*nftables.Chain{pre, input, forward, output, post} {
 		c.AddChain(ch)
 		c.FlushChain(ch)
 	}
 	prefix := IfacePrefix(cfg.ServerID)
 	denied := DeniedRanges(cfg.AllowPrivate)
+
+	// prerouting: strict reverse-path filter (nft's "fib saddr . iif oif
+	// missing drop"), whatever the rp_filter sysctls say: a sandbox
+	// cannot send as another, so no reply can be steered into one.
+	c.AddRule(&nftables.Rule{Table: t, Chain: pre,
+		Exprs: join(ifname(expr.MetaKeyIIFNAME, prefix, true), []expr.Any{
+			&expr.Fib{Register: 1, FlagSADDR: true, FlagIIF: true, ResultOIF: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 0, 0, 0}},
+		}, verdict(expr.VerdictDrop))})
 
 	// input: nothing from a sandbox reaches the host itself.
 	c.AddRule(&nftables.Rule{Table: t, Chain: input,
@@ -496,7 +508,7 @@ func addSource(opts []nftables.ConnOption, serverID string, addr netip.Addr) err
 		return err
 	}
 	t := table(serverID)
-	_, _, output, _ := chains(t)
+	_, _, _, output, _ := chains(t)
 	if err := delSourceRules(c, t, addr); err != nil {
 		return err
 	}

@@ -234,6 +234,9 @@ func TestEnsureRemove(t *testing.T) {
 	if got := n.rules(srv, chainInput); len(got) != 1 {
 		t.Fatalf("input rules %v", got)
 	}
+	if got := n.rules(srv, chainPre); len(got) != 1 {
+		t.Fatalf("prerouting rules %v", got)
+	}
 	if got := n.rules(srv, chainPost); len(got) != 1 {
 		t.Fatalf("postrouting rules %v", got)
 	}

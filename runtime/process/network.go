@@ -126,7 +126,7 @@ func (d *Driver) ownNetns(open bool) bool {
 	return !open || !d.open.shared
 }
 
-func (d *Driver) netDir() string    { return filepath.Join(d.dataDir, "net") }
+func (d *Driver) netDir() string     { return filepath.Join(d.dataDir, "net") }
 func (d *Driver) leasesPath() string { return filepath.Join(d.netDir(), "leases.json") }
 
 // leases maps workspace IDs to lease indexes: lease i is the i-th /30 of

@@ -2,6 +2,7 @@ package runtimetest
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -32,7 +33,9 @@ import (
 //     the default route's interface, docker and podman bridges, the
 //     drivers' own gateways...), and receive no connection;
 //   - a test host in a network namespace of its own with a public-looking
-//     address (203.0.113.10) is reachable from open, and not from none.
+//     address (203.0.113.10) is reachable from open, and not from none;
+//     its link-local (169.254.77.10) and private (10.255.77.10) addresses,
+//     routed from this machine the same way, are not reachable from open.
 //
 // The probes run netprobe (internal/testbin/netprobe), built static and
 // copied into each workspace with CopyIn: busybox has no abstract sockets.
@@ -101,6 +104,35 @@ func RunIsolation(t *testing.T, rt runtime.Runtime, image string) {
 		res := n.dial(t, a, []string{th.lineTarget()})[th.lineTarget()]
 		if !strings.HasPrefix(res, "OK ") || !strings.Contains(res, th.marker) {
 			t.Errorf("open workspace %s could not reach the test host %s: %s", a, th.lineTarget(), res)
+		}
+	})
+	t.Run("DeniedRanges", func(t *testing.T) {
+		var targets []string
+		for _, ad := range testHostDenied {
+			target := "tcp:" + netip.AddrPortFrom(ad, testHostLinePort).String()
+			targets = append(targets, target)
+			// Routed and answering from this machine: what stops the
+			// sandbox below is the driver's rules, not a missing route.
+			// Reading its answer makes sure it has counted this connection.
+			c, err := net.DialTimeout("tcp", strings.TrimPrefix(target, "tcp:"), wait)
+			if err != nil {
+				t.Fatalf("the test host's %s is not reachable from this machine: %v", ad, err)
+			}
+			_ = c.SetReadDeadline(time.Now().Add(wait))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if err != nil || !strings.Contains(line, th.marker) {
+				t.Fatalf("the test host's %s answered %q, %v", ad, line, err)
+			}
+		}
+		before := th.hits.Load()
+		for target, res := range n.dial(t, a, targets) {
+			if !strings.HasPrefix(res, "FAIL ") {
+				t.Errorf("open workspace %s reached %s, in a denied range: %s", a, target, res)
+			}
+		}
+		if got := th.hits.Load() - before; got != 0 {
+			t.Errorf("the test host's denied addresses received %d connections from the workspace", got)
 		}
 	})
 	t.Run("PublicHostFromNone", func(t *testing.T) {

@@ -23,6 +23,10 @@ import (
 var (
 	testHostAddr    = netip.MustParseAddr("203.0.113.10")
 	testHostGateway = netip.MustParseAddr("203.0.113.1")
+	// testHostDenied are more addresses of the test host, routed from this
+	// machine like the public one, in ranges an open sandbox must not
+	// reach: link-local (where cloud metadata lives) and private.
+	testHostDenied = []netip.Addr{netip.MustParseAddr("169.254.77.10"), netip.MustParseAddr("10.255.77.10")}
 )
 
 const (
@@ -107,12 +111,14 @@ func startTestHost(t *testing.T) *testHost {
 	}
 	go srv.Serve(lnHTTP)
 	t.Cleanup(func() { srv.Close() })
-	lnLine, err := listenIn(ns, netip.AddrPortFrom(testHostAddr, testHostLinePort))
-	if err != nil {
-		t.Fatalf("test host: %v", err)
+	for _, a := range append([]netip.Addr{testHostAddr}, testHostDenied...) {
+		lnLine, err := listenIn(ns, netip.AddrPortFrom(a, testHostLinePort))
+		if err != nil {
+			t.Fatalf("test host: %v", err)
+		}
+		t.Cleanup(func() { lnLine.Close() })
+		go serveLine(lnLine, h.marker, &h.hits)
 	}
-	t.Cleanup(func() { lnLine.Close() })
-	go serveLine(lnLine, h.marker, &h.hits)
 	return h
 }
 
@@ -148,6 +154,15 @@ func configureTestHost(ns netns.NsHandle) error {
 		}
 	}
 	eth0, _ := h.LinkByName("eth0")
+	for _, a := range testHostDenied {
+		if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+			return fmt.Errorf("address %s: %w", a, err)
+		}
+		// From this machine, through the veth (removed with it).
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+			return fmt.Errorf("route to %s: %w", a, err)
+		}
+	}
 	return h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: testHostGateway.AsSlice()})
 }
 
