@@ -85,9 +85,6 @@ const (
 	tagSource = "src:"  // output-chain rules of AddSource
 )
 
-// ErrUnsupported classes the errors Check returns.
-var ErrUnsupported = errdefs.ErrFailedPrecondition
-
 // Check reports whether this host can enforce the rules: nil if nf_tables
 // is usable by this process (root or CAP_NET_ADMIN, the nf_tables and NAT
 // modules present), otherwise an errdefs.ErrFailedPrecondition saying why.
@@ -100,17 +97,17 @@ func Check() error {
 func check(opts []nftables.ConnOption) error {
 	c, err := nftables.New(opts...)
 	if err != nil {
-		return fmt.Errorf("%w: nf_tables unavailable: %v", ErrUnsupported, err)
+		return fmt.Errorf("%w: nf_tables unavailable: %v", errdefs.ErrFailedPrecondition, err)
 	}
 	if _, err := c.ListTablesOfFamily(nftables.TableFamilyINet); err != nil {
-		return fmt.Errorf("%w: nf_tables unavailable (root or CAP_NET_ADMIN needed): %v", ErrUnsupported, err)
+		return fmt.Errorf("%w: nf_tables unavailable (root or CAP_NET_ADMIN needed): %v", errdefs.ErrFailedPrecondition, err)
 	}
 	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "corral_probe"})
 	c.AddChain(&nftables.Chain{Name: chainPost, Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
 	c.DelTable(t)
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("%w: nf_tables cannot hold NAT rules here: %v", ErrUnsupported, err)
+		return fmt.Errorf("%w: nf_tables cannot hold NAT rules here: %v", errdefs.ErrFailedPrecondition, err)
 	}
 	return nil
 }
