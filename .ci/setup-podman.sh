@@ -95,6 +95,19 @@ if [ -e /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
 	say "chmod 666 /dev/net/tun"
 fi
 
+# Open-mode isolation: bridged traffic between containers must pass the
+# host's nf_tables hooks (br_netfilter), and rootless workspaces' source
+# address sits on a veth pair. The runtime loads br_netfilter itself when it
+# can; loading it here makes a missing module fail loudly at setup.
+if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+	if modprobe br_netfilter 2>/dev/null; then
+		say "loaded br_netfilter"
+	else
+		say "note: br_netfilter could not be loaded: podman (rootful) will refuse network mode open"
+	fi
+fi
+modprobe veth 2>/dev/null || true
+
 # 3. The rootless user.
 if ! id "$USER_NAME" >/dev/null 2>&1; then
 	useradd --create-home --shell /bin/bash "$USER_NAME"

@@ -120,11 +120,29 @@ func New(cfg Config) *Manager {
 		log.Warn("runtime cannot enforce some default limits on this host; workspaces get them only if the runtime can", "runtime", cfg.Runtime.Name(), "dropped", dropped)
 	}
 	pol.Defaults = defaults
+	pol.DefaultNetwork = enforceableDefaultNetwork(pol.DefaultNetwork, cfg.Runtime, log)
 	return &Manager{
 		db: cfg.DB, rt: cfg.Runtime, policy: pol, proxy: cfg.Proxy, log: log, image: cfg.DefaultImage,
 		locks: map[string]*sync.Mutex{}, busy: map[string]int{}, used: map[string]time.Time{},
 		specs: map[string]stored{}, writers: make(chan struct{}, 64),
 	}
+}
+
+// enforceableDefaultNetwork returns the default network mode m, or none if
+// the runtime cannot enforce m on this host (logged at Warn with the
+// runtime's reason): requests that name no mode then still work, and never
+// fall back to a network the runtime cannot isolate.
+func enforceableDefaultNetwork(m policy.Mode, rt runtime.Runtime, log hclog.Logger) policy.Mode {
+	if m == "" {
+		m = policy.NetworkOpen
+	}
+	s := rt.Capabilities().Policy
+	if s.SupportsNetwork(m) {
+		return m
+	}
+	log.Warn("runtime cannot enforce the default network mode on this host; workspaces that name no mode get none",
+		"runtime", rt.Name(), "default_network", m, "reason", s.Why["network:"+string(m)])
+	return policy.NetworkNone
 }
 
 // Runtime returns the runtime the manager runs workspaces with.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/internal/enginetest"
+	"github.com/corralhq/corral/internal/nettest"
 	"github.com/corralhq/corral/internal/testbin"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
@@ -41,7 +42,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// leftovers lists containers and volumes labelled with this run's server ID.
+// leftovers lists containers, volumes and networks labelled with this run's
+// server ID, and the server's firewall table and interfaces.
 func leftovers() error {
 	host := os.Getenv("DOCKER_HOST")
 	if host == "" {
@@ -66,7 +68,14 @@ func leftovers() error {
 	if err != nil {
 		return err
 	}
-	var left []string
+	ns, err := cli.NetworkList(ctx, client.NetworkListOptions{Filters: f})
+	if err != nil {
+		return err
+	}
+	left := nettest.Leftovers(serverID)
+	for _, n := range ns.Items {
+		left = append(left, "network "+n.Name)
+	}
 	for _, c := range cs.Items {
 		left = append(left, "container "+strings.Join(c.Names, ","))
 	}
@@ -116,6 +125,11 @@ func TestConformance(t *testing.T) {
 // TestNetwork tries to get out of none and allowlist workspaces.
 func TestNetwork(t *testing.T) {
 	runtimetest.RunNetwork(t, open(t), enginetest.TestImage)
+}
+
+// TestIsolation: open-mode workspaces reach the internet and nothing else.
+func TestIsolation(t *testing.T) {
+	runtimetest.RunIsolation(t, open(t), enginetest.TestImage)
 }
 
 func TestConformanceOpenNetwork(t *testing.T) {

@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -65,6 +66,8 @@ type Driver struct {
 	// spool is where uploads are checked before they go to the engine
 	// (see spoolDir).
 	spool string
+
+	net *openNet // how network mode open is served (network.go)
 
 	locks sync.Map // workspace ID → *sync.Mutex, serialising lifecycle calls
 	views sync.Map // container name → hostView
@@ -136,6 +139,8 @@ func Open(ctx context.Context, cfg runtime.Config) (*Driver, error) {
 	}
 	d.local = engineIsLocal(host)
 	d.caps = capabilitiesFrom(info.Info, d.local)
+	d.setupOpen(cfg.Network, slices.Contains(info.Info.SecurityOptions, "name=rootless"))
+	d.refreshOpen(pctx)
 	d.log.Info("opened", "host", host, "api_version", cli.ClientVersion(),
 		"server_version", info.Info.ServerVersion, "cgroup_version", info.Info.CgroupVersion,
 		"local", d.local, "isolation", d.caps.Isolation)
@@ -154,8 +159,13 @@ func (d *Driver) Name() string { return Name }
 // Capabilities reports what was measured when the driver was opened.
 func (d *Driver) Capabilities() runtime.Capabilities { return d.caps }
 
-// Close releases the client's connections; workspaces keep running.
-func (d *Driver) Close() error { return d.cli.Close() }
+// Close releases the client's connections; workspaces keep running. When
+// none of the server's workspaces is left, it also removes the open-mode
+// network and the server's firewall.
+func (d *Driver) Close() error {
+	d.closeOpen()
+	return d.cli.Close()
+}
 
 // lock serialises lifecycle calls on one workspace inside this process.
 func (d *Driver) lock(id string) func() {

@@ -50,7 +50,9 @@ func resources(l policy.Limits) container.Resources {
 
 // networkMode is the container network for a policy mode: none and allowlist
 // get a namespace with loopback only (allowlist reaches the outside only
-// through the proxy socket); open gets the engine's default bridge.
+// through the proxy socket); open gets the engine's default bridge, which
+// Create replaces with the server's isolated network (network.go) unless
+// the operator chose --unsafe-shared-network.
 func networkMode(m policy.Mode) container.NetworkMode {
 	switch m {
 	case policy.NetworkNone, policy.NetworkAllowlist:

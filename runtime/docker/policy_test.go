@@ -20,7 +20,7 @@ import (
 )
 
 // bridgeGateway is the host's address on the engine's default bridge: an
-// address of this machine that an open workspace can reach.
+// address of this machine that no workspace may reach.
 func bridgeGateway(t *testing.T) net.IP {
 	t.Helper()
 	ifc, err := net.InterfaceByName("docker0")
@@ -54,10 +54,12 @@ func TestNetworkModes(t *testing.T) {
 	t.Cleanup(func() { srv.Close() })
 	url := "http://" + ln.Addr().String() + "/"
 
+	// Open reaches the internet (runtimetest.RunIsolation), not the host:
+	// the firewall drops what its bridge sends to the host's addresses.
 	open := workspace(t, d, func(s *runtime.Spec) { s.Policy.Network.Mode = policy.NetworkOpen })
-	r := sh(t, d, open, "wget -q -O - "+url)
-	if r.ExitCode != 0 || r.Stdout != "reached-host" {
-		t.Fatalf("open workspace could not reach %s: %+v stdout %q stderr %q", url, r.ExitResult, r.Stdout, r.Stderr)
+	r := sh(t, d, open, "timeout 5 wget -q -O - "+url)
+	if r.ExitCode == 0 || strings.Contains(r.Stdout, "reached-host") {
+		t.Errorf("open workspace reached the host at %s: %+v stdout %q", url, r.ExitResult, r.Stdout)
 	}
 
 	none := workspace(t, d, nil)

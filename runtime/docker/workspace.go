@@ -11,6 +11,8 @@ import (
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
 	"github.com/corralhq/corral/runtime/internal/procnet"
+	"github.com/corralhq/corral/runtime/firewall"
+	"github.com/corralhq/corral/runtime/hostnet"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 )
@@ -55,11 +57,21 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) error {
 		return fmt.Errorf("create workspace %s: %w", spec.ID, err)
 	}
 
+	openNet := spec.Policy.Network.Mode == policy.NetworkOpen && d.isolated()
+	if openNet {
+		if err := d.ensureOpen(ctx); err != nil {
+			return fmt.Errorf("create workspace %s: %w", spec.ID, err)
+		}
+	}
+
 	labels := d.labels(spec.ID, spec.Labels)
 	if _, err := d.cli.VolumeCreate(ctx, client.VolumeCreateOptions{Name: name, Labels: labels}); err != nil {
 		return engineErr(err, "create workspace %s: create volume", spec.ID)
 	}
 	cfg, hc := containerSpec(spec, image, name, d.initPath, labels)
+	if openNet {
+		applyOpen(hc, d.net.name, firewall.Resolvers(), hostnet.IPv6Off())
+	}
 	res, err := d.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Name: name, Config: cfg, HostConfig: hc})
 	if err != nil {
 		// The volume is ours and unused: take it back so nothing is left.
@@ -100,6 +112,13 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	}
 	if ins.Container.State != nil && ins.Container.State.Running {
 		return nil
+	}
+	if hc := ins.Container.HostConfig; hc != nil && d.isolated() && string(hc.NetworkMode) == d.net.name {
+		// After a restart of the server (or the host), before the
+		// sandbox gets a network: the firewall must be in place.
+		if err := d.ensureOpen(ctx); err != nil {
+			return fmt.Errorf("start workspace %s: %w", id, err)
+		}
 	}
 	if _, err := d.cli.ContainerStart(ctx, name, client.ContainerStartOptions{}); err != nil {
 		return engineErr(err, "start workspace %s", id)

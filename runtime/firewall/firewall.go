@@ -468,6 +468,19 @@ func sourceRules(t *nftables.Table, output *nftables.Chain, src netip.Addr, deni
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
 			}, verdict(expr.VerdictDrop))})
 	}
+	// The host's resolvers on port 53, even where they are private, as in
+	// the forward chain: slirp4netns forwards a sandbox's DNS from src.
+	// After the local drop, so a resolver on the host itself stays shut.
+	for _, r := range Resolvers() {
+		if r.Is4() != src.Is4() {
+			continue
+		}
+		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+			out = append(out, &nftables.Rule{Table: t, Chain: output, UserData: ud,
+				Exprs: join(saddr(netip.PrefixFrom(src, src.BitLen())), daddr(netip.PrefixFrom(r, r.BitLen())),
+					dport(proto, 53), verdict(expr.VerdictAccept))})
+		}
+	}
 	for _, p := range denied {
 		if p.Addr().Is4() != src.Is4() {
 			continue

@@ -274,12 +274,19 @@ func TestEnsureRemove(t *testing.T) {
 			deny4Open++
 		}
 	}
-	if got := srcRules(); got != 1+deny4 {
-		t.Fatalf("source rules %d, want %d", got, 1+deny4)
+	// The source's resolver accepts: port 53, UDP and TCP, per IPv4 resolver.
+	srcResolver := 0
+	for _, r := range Resolvers() {
+		if r.Is4() {
+			srcResolver += 2
+		}
+	}
+	if got := srcRules(); got != 1+srcResolver+deny4 {
+		t.Fatalf("source rules %d, want %d", got, 1+srcResolver+deny4)
 	}
 	n.mustRun("ensure " + srv + " true 10.213.0.0/16")
-	if got := srcRules(); got != 1+deny4Open {
-		t.Fatalf("source rules after AllowPrivate %d, want %d", got, 1+deny4Open)
+	if got := srcRules(); got != 1+srcResolver+deny4Open {
+		t.Fatalf("source rules after AllowPrivate %d, want %d", got, 1+srcResolver+deny4Open)
 	}
 	if got := n.rules(srv, chainForward); len(got) != 2+resolverRules+len(DeniedRanges(true)) {
 		t.Fatalf("forward rules with AllowPrivate %v", got)

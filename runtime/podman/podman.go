@@ -99,6 +99,7 @@ type Driver struct {
 	caps     runtime.Capabilities
 	version  string
 	limits   hostLimits
+	net      *openNet // how network mode open is served (network.go)
 
 	// volumeDirs caches the host directory of each workspace's volume.
 	volumeDirs sync.Map
@@ -181,6 +182,8 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 	} else {
 		d.caps.Policy.Why["disk"] = why
 	}
+	d.setupOpen(cfg.Network)
+	d.refreshOpen(ctx)
 	log.Info("connected", "uri", uri, "version", d.version, "rootless", d.rootless,
 		"cgroups", info.Host.CgroupsVersion, "isolation", d.caps.Isolation)
 	return d, nil
@@ -376,6 +379,12 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) error {
 	if spec.Policy.Network.Mode == policy.NetworkAllowlist && spec.ProxySocket == "" {
 		return errdefs.Invalid("invalid_spec", "create workspace %s: network mode allowlist needs a proxy socket", spec.ID)
 	}
+	openNet := spec.Policy.Network.Mode == policy.NetworkOpen && d.net.on
+	if openNet {
+		if err := d.ensureOpen(ctx); err != nil {
+			return fmt.Errorf("create workspace %s: %w", spec.ID, err)
+		}
+	}
 	c := d.ctx(ctx)
 	name := containerName(spec.ID)
 	// The volume comes first: creating it is the existence check (a
@@ -401,6 +410,9 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) error {
 		}
 	}
 	g := specFor(d.serverID, d.initPath, d.limits, spec)
+	if openNet {
+		d.net.applyOpen(g, d.rootless)
+	}
 	resp, err := containers.CreateWithSpec(c, g, nil)
 	if err != nil && !errors.Is(mapErr(err), errdefs.ErrConflict) {
 		// Pull a missing image only now, sparing present ones a call.
@@ -488,11 +500,29 @@ func (d *Driver) inspect(ctx context.Context, id string) (*define.InspectContain
 // Start implements runtime.Runtime. Idempotent; errdefs.ErrNotFound if the
 // workspace does not exist.
 func (d *Driver) Start(ctx context.Context, id string) error {
-	if _, err := d.inspect(ctx, id); err != nil {
+	data, err := d.inspect(ctx, id)
+	if err != nil {
 		return fmt.Errorf("start workspace %s: %w", id, err)
+	}
+	open := d.usesOpen(data)
+	if open {
+		// After a restart of the server (or the host), before the
+		// sandbox gets a network: the firewall must be in place.
+		if err := d.ensureOpen(ctx); err != nil {
+			return fmt.Errorf("start workspace %s: %w", id, err)
+		}
 	}
 	if err := containers.Start(d.ctx(ctx), containerName(id), nil); err != nil {
 		return fmt.Errorf("start workspace %s: %w", id, mapErr(err))
+	}
+	if open && !d.rootless {
+		if err := d.checkBridge(); err != nil {
+			timeout := uint(0)
+			if serr := containers.Stop(d.ctx(ctx), containerName(id), &containers.StopOptions{Timeout: &timeout}); serr != nil {
+				d.log.Warn("stop a workspace whose network cannot be firewalled", "workspace_id", id, "error", mapErr(serr))
+			}
+			return fmt.Errorf("start workspace %s: %w", id, err)
+		}
 	}
 	if err := d.waitForwarder(ctx, id); err != nil {
 		return fmt.Errorf("start workspace %s: %w", id, err)
@@ -644,6 +674,7 @@ func (d *Driver) List(ctx context.Context) ([]runtime.Status, error) {
 
 // Close implements runtime.Runtime. Workspaces keep running.
 func (d *Driver) Close() error {
+	d.closeOpen()
 	if c, err := bindings.GetClient(d.conn); err == nil {
 		c.Client.CloseIdleConnections()
 	}

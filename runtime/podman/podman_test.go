@@ -22,11 +22,13 @@ import (
 
 	"github.com/containers/podman/v5/pkg/bindings/containers"
 	"github.com/containers/podman/v5/pkg/bindings/images"
+	networks "github.com/containers/podman/v5/pkg/bindings/network"
 	"github.com/containers/podman/v5/pkg/bindings/volumes"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/internal/enginetest"
+	"github.com/corralhq/corral/internal/nettest"
 	"github.com/corralhq/corral/internal/testbin"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
@@ -52,6 +54,12 @@ func randHex(n int) string {
 // ID is left behind.
 func open(t testing.TB, rootless bool, extra map[string]string) *Driver {
 	t.Helper()
+	return openWith(t, rootless, extra, runtime.NetworkConfig{})
+}
+
+// openWith is open with the operator's network settings.
+func openWith(t testing.TB, rootless bool, extra map[string]string, netcfg runtime.NetworkConfig) *Driver {
+	t.Helper()
 	opts := enginetest.Podman(t, rootless)
 	for k, v := range extra {
 		opts[k] = v
@@ -63,20 +71,23 @@ func open(t testing.TB, rootless bool, extra map[string]string) *Driver {
 		InitPath: testbin.Corral(t),
 		Options:  opts,
 		Logger:   hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Warn, Output: io.Discard}),
+		Network:  netcfg,
 	})
 	if err != nil {
 		t.Fatalf("open podman driver: %v", err)
 	}
 	d := rt.(*Driver)
 	t.Cleanup(func() {
-		assertNothingLeft(t, d)
+		// Close first: it removes the open network, source address and
+		// firewall when no workspace is left.
 		d.Close()
+		assertNothingLeft(t, d)
 	})
 	return d
 }
 
-// assertNothingLeft fails t if any container or volume labelled with d's
-// server ID still exists.
+// assertNothingLeft fails t if any container, volume or network labelled
+// with d's server ID, or its firewall table or interfaces, still exist.
 func assertNothingLeft(t testing.TB, d *Driver) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -98,6 +109,16 @@ func assertNothingLeft(t testing.TB, d *Driver) {
 	for _, v := range vols {
 		t.Errorf("volume %s left behind", v.Name)
 	}
+	nets, err := networks.List(c, &networks.ListOptions{Filters: filter})
+	if err != nil {
+		t.Errorf("list networks: %v", err)
+	}
+	for _, n := range nets {
+		t.Errorf("network %s left behind", n.Name)
+	}
+	for _, x := range nettest.Leftovers(d.serverID) {
+		t.Errorf("%s left behind", x)
+	}
 	if l, err := d.List(ctx); err != nil || len(l) != 0 {
 		t.Errorf("List after the test: %v, %v", l, err)
 	}
@@ -109,6 +130,7 @@ func TestConformance(t *testing.T) {
 			d := open(t, m.rootless, nil)
 			runtimetest.Run(t, d, runtimetest.Options{Image: enginetest.TestImage})
 			t.Run("Network", func(t *testing.T) { runtimetest.RunNetwork(t, d, enginetest.TestImage) })
+			t.Run("Isolation", func(t *testing.T) { runtimetest.RunIsolation(t, d, enginetest.TestImage) })
 		})
 	}
 	// Signals, timeouts and cancellation sent from inside the sandbox

@@ -103,8 +103,10 @@ type network struct {
 // namespace with loopback only; allowlist also gets the proxy socket's
 // directory bind-mounted at the directory of runtime.ProxySocketInSandbox,
 // `corral init --proxy` to forward runtime.ProxyListenAddr to it, and the
-// proxy environment. open keeps the engine's default (bridge when rootful,
-// slirp4netns when rootless).
+// proxy environment. open starts from the engine's default (bridge when
+// rootful, slirp4netns when rootless), which Create replaces with the
+// server's isolated network (network.go) unless the operator chose
+// --unsafe-shared-network.
 func networkFor(mode policy.Mode, proxySocket string) network {
 	switch mode {
 	case policy.NetworkNone:
