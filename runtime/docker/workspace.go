@@ -10,9 +10,9 @@ import (
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
-	"github.com/corralhq/corral/runtime/internal/procnet"
 	"github.com/corralhq/corral/runtime/firewall"
 	"github.com/corralhq/corral/runtime/hostnet"
+	"github.com/corralhq/corral/runtime/internal/procnet"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 )
