@@ -2,6 +2,7 @@
 //
 //	corral serve --runtime process --addr 127.0.0.1:8080 --data-dir ./data
 //	corral keys create --user alice
+//	corral load --url http://127.0.0.1:8080 --keys KEY --users 20 --duration 60s
 //	corral init            (PID 1 inside sandboxes; not for humans)
 package main
 
@@ -31,6 +32,8 @@ func main() {
 		err = serve(os.Args[2:])
 	case "keys":
 		err = keys(os.Args[2:])
+	case "load":
+		err = load(os.Args[2:])
 	case "init":
 		os.Exit(sandboxinit.Main(os.Args[2:]))
 	case "version", "--version":
@@ -54,6 +57,7 @@ func usage() {
 commands:
   serve    run the API server            (corral serve -h for flags)
   keys     create, list and revoke API keys (corral keys -h)
+  load     run a mixed workload against a server and report (corral load -h)
   version  print the version
   init     PID 1 inside sandboxes (run by the runtimes, not by hand)`)
 }
