@@ -44,10 +44,10 @@ func (s *server) kill(t *testing.T) {
 }
 
 // waitForProcess waits until a process with arg in its command line runs:
-// the point a test kills the server at. It fails after a minute.
+// the point a test kills the server at. It fails after three minutes.
 func waitForProcess(t *testing.T, arg string) {
 	t.Helper()
-	for i := 0; i < 1200; i++ {
+	for i := 0; i < 3600; i++ {
 		if len(processesWith(arg)) > 0 {
 			return
 		}
@@ -197,7 +197,7 @@ func TestCrashMidConversation(t *testing.T) {
 	if code, body := s2.call(t, crashKey, "POST", "/conversations/"+cv.ID+"/messages", `{"content":"again"}`); code != 202 {
 		t.Fatalf("message after restart: %d %s", code, body)
 	}
-	for i := 0; i < 1200; i++ {
+	for i := 0; i < 3600; i++ {
 		if evs = events(t, s2.url, cv.ID); lastState(evs) == "finished" {
 			break
 		}
