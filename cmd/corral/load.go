@@ -511,14 +511,11 @@ func converse(ctx context.Context, c *loadClient, wsID string) error {
 // c.sample until ctx ends: from /proc/PID if --server-pid is given, else
 // from /metrics if the server exports process_resident_memory_bytes.
 func sampleServer(ctx context.Context, c loadConfig, hc *http.Client, start time.Time, source *string) []serverSample {
-	read := func() (serverSample, bool) { return serverSample{}, false }
-	switch {
-	case c.serverPID > 0:
+	*source = c.url + "/metrics"
+	read := func() (serverSample, bool) { return metricsSample(ctx, hc, c.url) }
+	if c.serverPID > 0 {
 		*source = "/proc/" + strconv.Itoa(c.serverPID)
 		read = func() (serverSample, bool) { return procSample(c.serverPID) }
-	default:
-		*source = c.url + "/metrics"
-		read = func() (serverSample, bool) { return metricsSample(ctx, hc, c.url) }
 	}
 	var out []serverSample
 	t := time.NewTicker(c.sample)
