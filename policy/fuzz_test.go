@@ -3,6 +3,7 @@ package policy_test
 import (
 	"encoding/json"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -37,6 +38,9 @@ func FuzzParseBytes(f *testing.F) {
 		b, err := policy.ParseBytes(s)
 		if err != nil {
 			return
+		}
+		if n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64); err == nil && policy.Bytes(n) != b {
+			t.Fatalf("ParseBytes(%q) = %d, not the number itself", s, int64(b))
 		}
 		if b < 0 || b > 1<<62 {
 			t.Fatalf("ParseBytes(%q) = %d, outside 0..4EiB", s, int64(b))

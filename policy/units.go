@@ -34,7 +34,10 @@ func ParseBytes(s string) (Bytes, error) {
 	}
 	// A whole number of bytes is read exactly: through a float64, sizes
 	// past 2^53 would change on their way back from String.
-	if n, err := strconv.ParseInt(num, 10, 64); err == nil && mult == 1 && n <= 1<<62 {
+	if n, err := strconv.ParseInt(num, 10, 64); err == nil && mult == 1 {
+		if n > 1<<62 {
+			return 0, fmt.Errorf("invalid size %q", s)
+		}
 		return Bytes(n), nil
 	}
 	f, err := strconv.ParseFloat(num, 64)
