@@ -10,7 +10,7 @@ DATA     ?= data
 RUNTIME  ?= process
 BENCHTIME ?= 2s
 
-.PHONY: help build run test lint bench clean
+.PHONY: help build run test lint bench load clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -28,8 +28,17 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet -tags "$(TAGS)" ./...
 
-bench: ## benchmarks, each next to its baseline measured in the same run
+bench: ## benchmarks, each next to its baseline measured in the same run; then make load
 	$(GO) test -tags "$(TAGS)" -run '^$$' -bench . -benchtime $(BENCHTIME) -count 1 ./...
+	$(MAKE) load
+
+LOAD_DURATION ?= 60s
+LOAD_USERS    ?= 20
+load: ## corral load against a real server (process runtime, scripted LLM): LOAD_USERS users for LOAD_DURATION; figures in bench/load.txt and bench/load.json
+	mkdir -p bench
+	CORRAL_LOAD_DURATION=$(LOAD_DURATION) CORRAL_LOAD_USERS=$(LOAD_USERS) CORRAL_LOAD_REPORT=$(CURDIR)/bench/load.txt \
+		$(GO) test -tags "$(TAGS)" -count=1 -timeout 30m -run '^TestLoad$$' ./cmd/corral
+	cat bench/load.txt
 
 clean: ## remove the binary (not the data directory)
 	rm -rf bin

@@ -72,6 +72,7 @@ func scriptedCall(id, name string, args any) openai.Message {
 type convEnv struct {
 	t          *testing.T
 	url        string
+	handler    http.Handler // the router under test
 	svc        *conversation.Service
 	db         *store.DB
 	alice, bob string
@@ -97,8 +98,9 @@ func newConvEnv(t *testing.T, llmURL string) *convEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(New(Config{DB: db, Workspaces: mgr, Conversations: svc, Logger: log}).Handler())
-	e := &convEnv{t: t, url: srv.URL, svc: svc, db: db}
+	h := New(Config{DB: db, Workspaces: mgr, Conversations: svc, Logger: log}).Handler()
+	srv := httptest.NewServer(h)
+	e := &convEnv{t: t, url: srv.URL, handler: h, svc: svc, db: db}
 	for _, name := range []string{"alice", "bob"} {
 		u, err := db.EnsureUser(ctx, name)
 		if err != nil {

@@ -54,6 +54,14 @@ func ParseBytes(s string) (Bytes, error) {
 	if num == "" || !ok {
 		return 0, fmt.Errorf("invalid size %q (want e.g. 256MiB, 1GiB)", s)
 	}
+	// A whole number of bytes is read exactly: through a float64, sizes
+	// past 2^53 would change on their way back from String.
+	if n, err := strconv.ParseInt(num, 10, 64); err == nil && mult == 1 {
+		if n > 1<<62 {
+			return 0, fmt.Errorf("invalid size %q", s)
+		}
+		return Bytes(n), nil
+	}
 	f, err := strconv.ParseFloat(num, 64)
 	if err != nil || f < 0 || f*float64(mult) > maxBytes {
 		return 0, fmt.Errorf("invalid size %q (at most 4EiB)", s)

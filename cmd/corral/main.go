@@ -5,6 +5,7 @@
 //	corral keys create --user alice
 //	corral login http://127.0.0.1:8080
 //	corral ws create; corral exec -it ws_... -- sh; corral cp ./src ws_...:
+//	corral load --url http://127.0.0.1:8080 --keys KEY --users 20 --duration 60s
 //	corral init            (PID 1 inside sandboxes; not for humans)
 package main
 
@@ -49,6 +50,8 @@ func main() {
 		err = conversationCommand(os.Args[2:])
 	case "completion":
 		err = completionCommand(os.Args[2:])
+	case "load":
+		err = load(os.Args[2:])
 	case "init":
 		os.Exit(sandboxinit.Main(os.Args[2:]))
 	case "version", "--version":
@@ -88,6 +91,7 @@ Use a Corral server (log in once, or set CORRAL_URL and CORRAL_API_KEY):
 Run a server (on its host):
   serve                run the API server            (corral serve -h for flags)
   keys                 create, list and revoke API keys (corral keys -h)
+  load                 run a mixed workload against a server and report (corral load -h)
 
   version              print the version
   init                 PID 1 inside sandboxes (run by the runtimes, not by hand)
