@@ -71,6 +71,7 @@ import (
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/runtime/internal/engineguard"
 )
 
 // Name is the name the driver is registered under.
@@ -91,7 +92,8 @@ type Driver struct {
 	// the service's version up in the context of every call. Calls use
 	// the caller's context for cancellation (see ctx).
 	conn     context.Context
-	sockPath string // unix socket of the service, for exec streams
+	sockPath string        // unix socket of the service, for exec streams
+	timeout  time.Duration // bounds each call to the service (engineguard); 0: none
 	rootless bool
 	cgroupV2 bool
 	caps     runtime.Capabilities
@@ -156,9 +158,17 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 	defer cancel()
 	conn, err := bindings.NewConnection(ctx, uri)
 	if err != nil {
-		return nil, errdefs.New(errdefs.ErrUnavailable, "engine_unavailable", "podman: connect to %s: %v", uri, err)
+		return nil, fmt.Errorf("podman: connect to %s: %w", uri, engineguard.Unavailable(Name, err))
 	}
+	c, err := bindings.GetClient(conn)
+	if err != nil {
+		return nil, fmt.Errorf("podman: connection to %s: %w", uri, err)
+	}
+	// Every call the bindings make is bounded (engineguard); the
+	// connection is this driver's own, so changing it races with no one.
+	c.Client.Transport = engineguard.Transport(c.Client.Transport, Name, cfg.EngineTimeout)
 	d.conn = conn
+	d.timeout = cfg.EngineTimeout
 	info, err := system.Info(d.ctx(ctx), nil)
 	if err != nil {
 		return nil, fmt.Errorf("podman: probe %s: %w", uri, mapErr(err))
