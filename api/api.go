@@ -35,6 +35,7 @@ type Server struct {
 	log           hclog.Logger
 	version       string
 	metrics       *metrics
+	sockets       sockets
 }
 
 // New returns a Server. With conversations it also makes a workspace's

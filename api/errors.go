@@ -50,6 +50,7 @@ var internalError = ErrorDetail{Code: "internal", Message: "internal error; see 
 // errors are logged (client errors are not), and a 500's details are
 // replaced by internalError.
 func (s *Server) publicError(r *http.Request, err error) (int, ErrorDetail) {
+	err = shutdownCause(r, err)
 	status := statusOf(err)
 	d := ErrorDetail{Code: errdefs.Code(err), Message: err.Error()}
 	if status >= 500 {

@@ -75,8 +75,9 @@ type Driver struct {
 }
 
 var (
-	_ runtime.Runtime     = (*Driver)(nil)
-	_ runtime.ImagePuller = (*Driver)(nil)
+	_ runtime.Runtime        = (*Driver)(nil)
+	_ runtime.ImagePuller    = (*Driver)(nil)
+	_ runtime.LeftoverLister = (*Driver)(nil)
 )
 
 // New opens the docker driver. Options: "host" (engine address, else

@@ -111,8 +111,9 @@ type Driver struct {
 }
 
 var (
-	_ runtime.Runtime     = (*Driver)(nil)
-	_ runtime.ImagePuller = (*Driver)(nil)
+	_ runtime.Runtime        = (*Driver)(nil)
+	_ runtime.ImagePuller    = (*Driver)(nil)
+	_ runtime.LeftoverLister = (*Driver)(nil)
 )
 
 // New opens the driver: it connects to the service, checks its version and
@@ -636,4 +637,23 @@ func short(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// Leftovers implements runtime.LeftoverLister: the workspaces that have a
+// volume labelled with this server's ID (a Create cut off between volume
+// and container leaves one without a container; Remove removes both).
+func (d *Driver) Leftovers(ctx context.Context) ([]string, error) {
+	list, err := volumes.List(d.ctx(ctx), &volumes.ListOptions{Filters: map[string][]string{
+		"label": {runtime.LabelManaged + "=true", runtime.LabelServer + "=" + d.serverID},
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("list volumes: %w", mapErr(err))
+	}
+	var out []string
+	for _, v := range list {
+		if id := v.Labels[runtime.LabelWorkspace]; id != "" {
+			out = append(out, id)
+		}
+	}
+	return out, nil
 }
