@@ -161,15 +161,7 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("podman: connect to %s: %w", uri, engineguard.Unavailable(Name, err))
 	}
-	c, err := bindings.GetClient(conn)
-	if err != nil {
-		return nil, fmt.Errorf("podman: connection to %s: %w", uri, err)
-	}
-	// Every call the bindings make is bounded (engineguard); the
-	// connection is this driver's own, so changing it races with no one.
-	c.Client.Transport = engineguard.Transport(c.Client.Transport, Name, cfg.EngineTimeout)
 	d.conn = conn
-	d.timeout = cfg.EngineTimeout
 	info, err := system.Info(d.ctx(ctx), nil)
 	if err != nil {
 		return nil, fmt.Errorf("podman: probe %s: %w", uri, mapErr(err))
@@ -190,6 +182,16 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 	} else {
 		d.caps.Policy.Why["disk"] = why
 	}
+	// From here on every call the bindings make is bounded (engineguard).
+	// The start-up probes above are not: the service's info is slow to
+	// compute (seconds on a busy host), and ctx bounds them. The connection
+	// is this driver's own, so changing it races with no one.
+	c, err := bindings.GetClient(conn)
+	if err != nil {
+		return nil, fmt.Errorf("podman: connection to %s: %w", uri, err)
+	}
+	c.Client.Transport = engineguard.Transport(c.Client.Transport, Name, cfg.EngineTimeout)
+	d.timeout = cfg.EngineTimeout
 	log.Info("connected", "uri", uri, "version", d.version, "rootless", d.rootless,
 		"cgroups", info.Host.CgroupsVersion, "isolation", d.caps.Isolation)
 	return d, nil
