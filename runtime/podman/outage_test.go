@@ -196,7 +196,7 @@ func TestEngineOutage(t *testing.T) {
 		"create": func() error {
 			return d.Create(ctx, runtime.Spec{ID: id2, Image: enginetest.TestImage, Policy: none})
 		},
-		"exec": func() error { _, _, err := run("true"); return err },
+		"exec":                    func() error { _, _, err := run("true"); return err },
 		"list (what /ready asks)": func() error { _, err := d.List(ctx); return err },
 		"inspect":                 func() error { _, err := d.Inspect(ctx, id); return err },
 		"copy out": func() error {
