@@ -25,6 +25,7 @@ type sockets struct {
 	mu      sync.Mutex
 	open    map[*websocket.Conn]struct{}
 	closing bool
+	active  sync.WaitGroup // handlers of open sockets still running
 }
 
 // track registers conn until ctx (the request's) ends. It returns false,
@@ -40,11 +41,14 @@ func (ss *sockets) track(ctx context.Context, conn *websocket.Conn) bool {
 		ss.open = map[*websocket.Conn]struct{}{}
 	}
 	ss.open[conn] = struct{}{}
+	ss.active.Add(1)
 	ss.mu.Unlock()
+	// A hijacked request's context ends when its handler has returned.
 	context.AfterFunc(ctx, func() {
 		ss.mu.Lock()
 		delete(ss.open, conn)
 		ss.mu.Unlock()
+		ss.active.Done()
 	})
 	return true
 }
@@ -53,7 +57,8 @@ func (ss *sockets) track(ctx context.Context, conn *websocket.Conn) bool {
 // with status 1001 and the reason "server shutting down, reconnect", and
 // refuses new ones the same way. Call it when a shutdown begins: HTTP
 // servers do not wait for, or close, upgraded connections. It returns when
-// every close handshake has ended or ctx is done.
+// the sockets' handlers have returned (their commands killed) or ctx is
+// done.
 func (s *Server) CloseSockets(ctx context.Context) {
 	s.sockets.mu.Lock()
 	s.sockets.closing = true
@@ -62,17 +67,12 @@ func (s *Server) CloseSockets(ctx context.Context) {
 		conns = append(conns, c)
 	}
 	s.sockets.mu.Unlock()
-	var wg sync.WaitGroup
 	for _, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.Close(websocket.StatusGoingAway, shutdownReason)
-		}()
+		go c.Close(websocket.StatusGoingAway, shutdownReason)
 	}
 	done := make(chan struct{})
 	go func() {
-		wg.Wait()
+		s.sockets.active.Wait()
 		close(done)
 	}()
 	select {

@@ -211,8 +211,9 @@ func TestEngineOutage(t *testing.T) {
 	}
 	errs := make(map[string]chan error, len(calls))
 	for name, call := range calls {
-		errs[name] = make(chan error, 1)
-		go func() { errs[name] <- call() }()
+		ch := make(chan error, 1)
+		errs[name] = ch
+		go func() { ch <- call() }()
 	}
 	for name, ch := range errs {
 		assertUnavailable(t, name, <-ch, svc.sock)
