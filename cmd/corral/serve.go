@@ -190,10 +190,16 @@ func run(ctx context.Context, c serveConfig, log hclog.Logger) error {
 	runDone := make(chan struct{})
 	go func() {
 		defer close(runDone)
-		go mgr.Watch(bg, checkInterval)
+		watchDone := make(chan struct{})
+		go func() {
+			defer close(watchDone)
+			mgr.Watch(bg, checkInterval)
+		}()
 		mgr.Run(bg, 30*time.Second)
+		<-watchDone
 	}()
-	// Before the store closes: Run saves last-use times as it ends.
+	// Before the store closes: Run saves last-use times as it ends, and
+	// a check may be under way.
 	defer func() {
 		cancelBG()
 		<-runDone
