@@ -60,7 +60,6 @@ const (
 // maxMessage bounds one packet; argv and env of a command fit well within.
 const maxMessage = 1 << 20
 
-
 // Send writes v as one packet on c, passing fds along with it.
 func Send(c *net.UnixConn, v any, fds ...int) error {
 	b, err := json.Marshal(v)
