@@ -91,6 +91,11 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
+	if resp.Body == nil || resp.Body == http.NoBody {
+		// Nothing to read, and nothing a caller must close: release now.
+		cancel(nil)
+		return resp, nil
+	}
 	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
 		// An upgraded stream: its liveness is its user's business.
 		resp.Body = &upgradedBody{ReadWriteCloser: rwc, cancel: cancel}
@@ -158,6 +163,8 @@ func (b *requestBody) Read(p []byte) (int, error) {
 }
 
 // responseBody arms the watchdog while the driver waits for bytes.
+// Its Close releases the request's context: callers close response bodies,
+// as net/http requires of them.
 type responseBody struct {
 	io.ReadCloser
 	w      *watchdog
@@ -172,6 +179,11 @@ func (b *responseBody) Read(p []byte) (int, error) {
 	b.w.disarm()
 	if err != nil && err != io.EOF && context.Cause(b.ctx) == errStalled {
 		err = Unavailable(b.engine, fmt.Errorf("read response: %w", errStalled))
+	}
+	if err == io.EOF {
+		// Read to the end (the connection is back in the pool): release
+		// the context now, even if the caller forgets to close.
+		b.cancel(nil)
 	}
 	return n, err
 }
