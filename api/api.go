@@ -40,6 +40,7 @@ type Server struct {
 	version       string
 	metrics       *metrics
 	bodyIdle      time.Duration
+	sockets       sockets
 }
 
 // New returns a Server. With conversations it also makes a workspace's
@@ -116,11 +117,15 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	checks := map[string]string{"database": "ok", "runtime": "ok"}
 	status := http.StatusOK
 	if err := s.db.Ping(ctx); err != nil {
-		checks["database"], status = err.Error(), http.StatusServiceUnavailable
+		s.log.Warn("not ready: database", "error", err)
+		checks["database"], status = "unavailable", http.StatusServiceUnavailable
 	}
 	rt := s.workspaces.Runtime()
+	// The runtime's own engine deadline (--engine-timeout) or 5s, whichever
+	// is first, bounds this: a frozen engine is reported, not waited for.
 	if _, err := rt.List(ctx); err != nil {
-		checks["runtime"], status = err.Error(), http.StatusServiceUnavailable
+		s.log.Warn("not ready: runtime", "error", err)
+		checks["runtime"], status = serverErrorDetail(http.StatusServiceUnavailable, err).Message, http.StatusServiceUnavailable
 	}
 	writeJSON(w, status, map[string]any{"ready": status == http.StatusOK, "runtime": rt.Name(), "checks": checks, "capabilities": rt.Capabilities()})
 }

@@ -54,15 +54,29 @@ var internalError = ErrorDetail{Code: "internal", Message: "internal error; see 
 // errors are logged (client errors are not), and a 500's details are
 // replaced by internalError.
 func (s *Server) publicError(r *http.Request, err error) (int, ErrorDetail) {
+	err = shutdownCause(r, err)
 	status := statusOf(err)
 	d := ErrorDetail{Code: errdefs.Code(err), Message: err.Error()}
 	if status >= 500 {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
-		if status == http.StatusInternalServerError {
-			d = internalError
-		}
+		d = serverErrorDetail(status, err)
 	}
 	return status, d
+}
+
+// serverErrorDetail is what a client sees of a server-side error: its
+// code, and the message of the classed error at its root (written for
+// clients, e.g. "the docker engine is not answering"), never the wrapped
+// chain, which can carry engine URLs, socket paths and host details.
+func serverErrorDetail(status int, err error) ErrorDetail {
+	var e *errdefs.Error
+	if status == http.StatusInternalServerError || !errors.As(err, &e) {
+		if status == http.StatusInternalServerError {
+			return internalError
+		}
+		return ErrorDetail{Code: errdefs.Code(err), Message: http.StatusText(status) + "; see the server log"}
+	}
+	return ErrorDetail{Code: errdefs.Code(err), Message: e.Message}
 }
 
 // writeError answers with err's status and code.

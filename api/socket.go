@@ -58,6 +58,9 @@ func (s *Server) acceptSocket(w http.ResponseWriter, r *http.Request, check func
 	if err != nil {
 		return nil, store.User{}
 	}
+	if !s.sockets.track(r.Context(), conn) {
+		return nil, store.User{}
+	}
 	if headerKey != "" {
 		return conn, user
 	}

@@ -235,3 +235,15 @@ type PathRemover interface {
 	// Idempotent: a missing path succeeds. "path_escape" as for CopyIn.
 	RemovePath(ctx context.Context, id, path string) error
 }
+
+// LeftoverLister is implemented by drivers whose Create or Remove, cut off
+// by a crash of the server, can leave resources behind that List does not
+// report: a workspace directory without its metadata, a volume without its
+// container. At start-up the server passes every ID it returns that it has
+// no workspace for to Remove, which must then remove what is left.
+type LeftoverLister interface {
+	// Leftovers returns the IDs of workspaces this server (Config.ServerID)
+	// holds incomplete resources for. It must not be called while a Create
+	// or Remove is under way.
+	Leftovers(ctx context.Context) ([]string, error)
+}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -61,8 +60,6 @@ const (
 // maxMessage bounds one packet; argv and env of a command fit well within.
 const maxMessage = 1 << 20
 
-var bufs = sync.Pool{New: func() any { b := make([]byte, maxMessage); return &b }}
-
 // Send writes v as one packet on c, passing fds along with it.
 func Send(c *net.UnixConn, v any, fds ...int) error {
 	b, err := json.Marshal(v)
@@ -85,10 +82,17 @@ func Send(c *net.UnixConn, v any, fds ...int) error {
 // Receive reads one packet from c into v and returns the fds passed with it,
 // which the caller owns. It returns io.EOF-wrapping errors when the peer
 // closed the connection.
+//
+// It waits for the packet without holding a buffer, then reads it into one
+// of its size: a command's exit is awaited with Receive for as long as the
+// command runs, and a buffer of maxMessage held by each waiting command
+// made the server's memory grow with the number of commands running.
 func Receive(c *net.UnixConn, v any) ([]int, error) {
-	bp := bufs.Get().(*[]byte)
-	defer bufs.Put(bp)
-	buf := *bp
+	size, err := packetSize(c)
+	if err != nil {
+		return nil, fmt.Errorf("receive message: %w", err)
+	}
+	buf := make([]byte, max(1, min(size, maxMessage)))
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
@@ -116,6 +120,27 @@ func Receive(c *net.UnixConn, v any) ([]int, error) {
 		return nil, fmt.Errorf("decode message: %w", err)
 	}
 	return fds, nil
+}
+
+// packetSize waits until a packet can be read from c and returns its size
+// (0 when the peer has closed), without consuming it.
+func packetSize(c *net.UnixConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var perr error
+	err = rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		// MSG_TRUNC: the packet's real length, not what fit in b.
+		n, _, perr = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_TRUNC)
+		return perr != unix.EAGAIN
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, perr
 }
 
 func closeAll(fds []int) {

@@ -65,6 +65,9 @@ type DB struct {
 	now func() time.Time
 }
 
+// maxOpenConns bounds the store's connection pool.
+const maxOpenConns = 32
+
 // Open opens the database at path, creating the file (mode 0600) and its
 // parent directory (mode 0700) if needed, and applies every migration the file
 // has not seen yet. Opening the same file again, from this or another
@@ -99,10 +102,17 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", abs, err)
 	}
-	// Every connection costs a page cache and a round of pragmas; keep a few
-	// idle so the hot paths (Authenticate) do not reopen connections.
-	sqldb.SetMaxIdleConns(8)
-	sqldb.SetConnMaxIdleTime(5 * time.Minute)
+	// Every connection costs a page cache, a round of pragmas and three
+	// descriptors (database, WAL, shared memory). The pool is bounded: SQLite
+	// runs one writer at a time, so a burst of clients waits here (in
+	// order) rather than in SQLite's busy loop with a connection each, and
+	// the connections a burst opened are closed once idle for a while.
+	// A few stay open so the hot paths (Authenticate) do not reopen them.
+	// No store method holds two connections at once, so the bound cannot
+	// deadlock.
+	sqldb.SetMaxOpenConns(maxOpenConns)
+	sqldb.SetMaxIdleConns(4)
+	sqldb.SetConnMaxIdleTime(time.Minute)
 
 	db := &DB{sql: sqldb, path: abs, now: time.Now}
 	if err := db.migrate(ctx); err != nil {

@@ -2,6 +2,7 @@ package workspace
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -86,6 +87,16 @@ func (m *Manager) exec(ctx context.Context, userID, id string, spec runtime.Exec
 		return nil, errdefs.Invalid("limit_exceeds_max", "timeout %s exceeds this server's maximum of %s", spec.Timeout, max)
 	}
 	p, err := m.rt.Exec(ctx, id, spec)
+	if errors.Is(err, errdefs.ErrFailedPrecondition) || errors.Is(err, errdefs.ErrNotFound) {
+		// The store says running, the sandbox is not: it died. Restart
+		// it with its files, or mark the workspace errored, and try once
+		// more.
+		if herr := m.heal(ctx, id); herr != nil {
+			m.end(id)
+			return nil, herr
+		}
+		p, err = m.rt.Exec(ctx, id, spec)
+	}
 	if err != nil {
 		m.end(id)
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
@@ -171,6 +182,9 @@ func (m *Manager) Execute(ctx context.Context, user store.User, id string, req E
 	}
 	res, err := p.Wait()
 	if err != nil {
+		if ctx.Err() != nil {
+			err = context.Cause(ctx)
+		}
 		return ExecuteResult{}, fmt.Errorf("wait for command in %s: %w", id, err)
 	}
 	dur := time.Since(start)
@@ -179,6 +193,11 @@ func (m *Manager) Execute(ctx context.Context, user store.User, id string, req E
 		TimedOut: res.TimedOut, OOMKilled: res.OOMKilled, DurationMS: dur.Milliseconds(), StartedAt: start.UTC(),
 	}
 	m.record(rec)
+	if cause := context.Cause(ctx); ctx.Err() != nil && errors.Is(cause, errdefs.ErrUnavailable) {
+		// Cut off by the server (shutting down): the command was killed,
+		// and its result is not the command's own.
+		return ExecuteResult{}, fmt.Errorf("command in %s cut off: %w", id, cause)
+	}
 	return ExecuteResult{
 		ExitCode: res.ExitCode, Stdout: stdout.String(), Stderr: stderr.String(),
 		Truncated: stdout.Truncated() || stderr.Truncated(), TimedOut: res.TimedOut,

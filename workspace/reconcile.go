@@ -57,6 +57,24 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 			}
 		}
 	}
+	// What a create or delete cut off by a crash left that List does not
+	// show (a directory without metadata, a volume without a container).
+	// Rows still present were put right above; removed rows are gone.
+	if ll, ok := m.rt.(runtime.LeftoverLister); ok {
+		ids, err := ll.Leftovers(ctx)
+		if err != nil {
+			return fmt.Errorf("list %s leftovers: %w", m.rt.Name(), err)
+		}
+		for _, id := range ids {
+			if _, err := m.db.Workspace(ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
+				continue
+			}
+			m.log.Warn("removing leftovers of an interrupted create or delete", "workspace_id", id)
+			if err := m.rt.Remove(ctx, id); err != nil {
+				m.log.Error("remove leftovers", "workspace_id", id, "error", err)
+			}
+		}
+	}
 	return nil
 }
 

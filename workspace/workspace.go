@@ -92,6 +92,10 @@ type Manager struct {
 
 	specs map[string]stored // decoded specs: immutable after creation
 
+	// pending holds the workspaces a create or delete is under way for in
+	// this process; Check leaves their rows alone.
+	pending map[string]bool
+
 	// Exec records are written after the command's answer, off the
 	// request path; Close waits for them.
 	records sync.WaitGroup
@@ -124,7 +128,7 @@ func New(cfg Config) *Manager {
 	return &Manager{
 		db: cfg.DB, rt: cfg.Runtime, policy: pol, proxy: cfg.Proxy, log: log, image: cfg.DefaultImage,
 		locks: map[string]*sync.Mutex{}, busy: map[string]int{}, used: map[string]time.Time{},
-		specs: map[string]stored{}, writers: make(chan struct{}, 64),
+		specs: map[string]stored{}, pending: map[string]bool{}, writers: make(chan struct{}, 64),
 	}
 }
 
@@ -217,6 +221,8 @@ func (m *Manager) Create(ctx context.Context, user store.User, spec Spec, progre
 		ID: store.NewID("ws"), UserID: user.ID, Runtime: m.rt.Name(), Image: image,
 		State: StateCreating, Spec: raw, CreatedAt: now, UpdatedAt: now, LastUsedAt: now,
 	}
+	m.setPending(row.ID)
+	defer m.clearPending(row.ID)
 	if err := m.db.CreateWorkspace(ctx, row); err != nil {
 		return Workspace{}, fmt.Errorf("create workspace: %w", err)
 	}
@@ -225,7 +231,12 @@ func (m *Manager) Create(ctx context.Context, user store.User, spec Spec, progre
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
 		if rerr := m.destroy(cctx, row.ID); rerr != nil {
-			m.log.Error("cleanup after failed create", "workspace_id", row.ID, "error", rerr)
+			// The engine may be down: Check finishes the removal when
+			// it answers again (or Reconcile at the next start).
+			m.log.Error("cleanup after failed create; retried later", "workspace_id", row.ID, "error", rerr)
+			if serr := m.db.SetWorkspaceState(cctx, row.ID, StateDeleting, reasonDeleting); serr != nil {
+				m.log.Error("mark failed create for removal", "workspace_id", row.ID, "error", serr)
+			}
 		}
 		return Workspace{}, err
 	}
@@ -347,13 +358,18 @@ func (m *Manager) Delete(ctx context.Context, userID, id string) error {
 			return fmt.Errorf("delete workspace %s: %w", id, err)
 		}
 	}
+	m.setPending(id)
+	defer m.clearPending(id)
 	unlock := m.lock(id)
 	defer unlock()
+	// Marked first, the row removed last: a crash anywhere in between
+	// leaves a row in deleting, which Reconcile (or Check) finishes.
 	if err := m.db.SetWorkspaceState(ctx, id, StateDeleting, ""); err != nil {
 		return err
 	}
 	if err := m.destroy(context.WithoutCancel(ctx), id); err != nil {
-		_ = m.db.SetWorkspaceState(context.WithoutCancel(ctx), id, StateError, err.Error())
+		// Left in deleting: Check retries once the runtime answers.
+		_ = m.db.SetWorkspaceState(context.WithoutCancel(ctx), id, StateDeleting, reasonDeleting)
 		return err
 	}
 	_ = m.db.Audit(ctx, userID, "workspace.delete", id, "")

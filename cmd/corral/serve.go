@@ -39,6 +39,7 @@ type serveConfig struct {
 	unsafeSharedNetwork         bool
 	subnet                      string
 	engineTimeout               string
+	checkInterval, drainTimeout string
 	bootstrapAdmin              bool
 	apiKeys                     string
 }
@@ -61,6 +62,8 @@ func serve(args []string) error {
 	fs.BoolVar(&c.unsafeSharedNetwork, "unsafe-shared-network", env("CORRAL_UNSAFE_SHARED_NETWORK", "") == "true", "UNSAFE: put open-mode workspaces on a shared network where they can reach each other and the host (env CORRAL_UNSAFE_SHARED_NETWORK=true)")
 	fs.StringVar(&c.subnet, "subnet", env("CORRAL_SUBNET", runtime.DefaultSubnet.String()), "IPv4 range for open-mode sandbox addresses; servers sharing a host need disjoint ranges (env CORRAL_SUBNET)")
 	fs.StringVar(&c.engineTimeout, "engine-timeout", env("CORRAL_ENGINE_TIMEOUT", runtime.DefaultEngineTimeout.String()), "deadline of every call to the container engine (env CORRAL_ENGINE_TIMEOUT)")
+	fs.StringVar(&c.checkInterval, "check-interval", env("CORRAL_CHECK_INTERVAL", workspace.DefaultCheckInterval.String()), "how often running workspaces are checked for a sandbox that died (restarted, or marked error) (env CORRAL_CHECK_INTERVAL)")
+	fs.StringVar(&c.drainTimeout, "drain-timeout", env("CORRAL_DRAIN_TIMEOUT", defaultDrainTimeout.String()), "on SIGTERM, how long running requests may finish before they are answered 503 shutting_down (env CORRAL_DRAIN_TIMEOUT)")
 	fs.BoolVar(&c.bootstrapAdmin, "bootstrap-admin", false, "create user admin with a key, printed once, if it has none")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -126,6 +129,14 @@ func run(ctx context.Context, c serveConfig, log hclog.Logger) error {
 	if err != nil || engineTimeout <= 0 || engineTimeout > time.Hour {
 		return fmt.Errorf("--engine-timeout %q: want a duration between 1s and 1h, e.g. 30s", c.engineTimeout)
 	}
+	checkInterval, err := time.ParseDuration(c.checkInterval)
+	if err != nil || checkInterval < time.Second {
+		return fmt.Errorf("--check-interval %q: want a duration of 1s or more, e.g. 15s", c.checkInterval)
+	}
+	drainTimeout, err := time.ParseDuration(c.drainTimeout)
+	if err != nil || drainTimeout < 0 {
+		return fmt.Errorf("--drain-timeout %q: want a duration, e.g. 30s", c.drainTimeout)
+	}
 	rt, err := runtime.Open(c.runtime, runtime.Config{
 		DataDir: rtDir, ServerID: serverID, InitPath: initPath, Options: opts, Logger: log,
 		Network: runtime.NetworkConfig{
@@ -179,9 +190,16 @@ func run(ctx context.Context, c serveConfig, log hclog.Logger) error {
 	runDone := make(chan struct{})
 	go func() {
 		defer close(runDone)
+		watchDone := make(chan struct{})
+		go func() {
+			defer close(watchDone)
+			mgr.Watch(bg, checkInterval)
+		}()
 		mgr.Run(bg, 30*time.Second)
+		<-watchDone
 	}()
-	// Before the store closes: Run saves last-use times as it ends.
+	// Before the store closes: Run saves last-use times as it ends, and
+	// a check may be under way.
 	defer func() {
 		cancelBG()
 		<-runDone
@@ -192,7 +210,12 @@ func run(ctx context.Context, c serveConfig, log hclog.Logger) error {
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	// Requests are cancelled with api.ErrShuttingDown when a shutdown's
+	// drain deadline passes, so they answer 503 shutting_down.
+	base, cutOff := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cutOff(nil)
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		BaseContext: func(net.Listener) context.Context { return base }}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 
@@ -208,12 +231,42 @@ func run(ctx context.Context, c serveConfig, log hclog.Logger) error {
 		return err
 	case <-ctx.Done():
 	}
-	log.Info("shutting down; workspaces keep running and are adopted at the next start")
+	log.Info("shutting down; workspaces keep running and are adopted at the next start", "drain_timeout", drainTimeout)
+	err = shutdown(hs, srv, cutOff, drainTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err = hs.Shutdown(sctx)
 	if cerr := convs.Close(sctx); cerr != nil {
 		log.Warn("stop conversations", "error", cerr)
+	}
+	return err
+}
+
+// defaultDrainTimeout is --drain-timeout's default.
+const defaultDrainTimeout = 30 * time.Second
+
+// shutdownGrace is how long requests cut off at the drain deadline have to
+// write their 503 before their connections are closed.
+const shutdownGrace = 5 * time.Second
+
+// shutdown stops hs: no new connections; every WebSocket closed with 1001
+// and a reason; running requests get drain to finish, then are cancelled
+// with api.ErrShuttingDown (cutOff), which makes them answer 503
+// shutting_down, and get shutdownGrace to do so before their connections
+// are closed.
+func shutdown(hs *http.Server, srv *api.Server, cutOff context.CancelCauseFunc, drain time.Duration) error {
+	dctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- hs.Shutdown(dctx) }()
+	srv.CloseSockets(dctx)
+	err := <-done
+	if errors.Is(err, context.DeadlineExceeded) {
+		cutOff(api.ErrShuttingDown)
+		gctx, gcancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer gcancel()
+		if err = hs.Shutdown(gctx); errors.Is(err, context.DeadlineExceeded) {
+			err = hs.Close()
+		}
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil

@@ -27,16 +27,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"regexp"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/runtime/internal/engineguard"
+	"github.com/docker/go-connections/sockets"
 	"github.com/hashicorp/go-hclog"
 	"github.com/moby/moby/client"
 )
@@ -58,7 +64,9 @@ type Driver struct {
 	initPath string
 	image    string
 	host     string
-	caps     runtime.Capabilities
+	// timeout bounds each engine call (engineguard); 0 means unbounded.
+	timeout time.Duration
+	caps    runtime.Capabilities
 	// local is true when the engine listens on a unix socket, so it may
 	// run on this machine; each container's view confirms it (see view).
 	local bool
@@ -74,8 +82,9 @@ type Driver struct {
 }
 
 var (
-	_ runtime.Runtime     = (*Driver)(nil)
-	_ runtime.ImagePuller = (*Driver)(nil)
+	_ runtime.Runtime        = (*Driver)(nil)
+	_ runtime.ImagePuller    = (*Driver)(nil)
+	_ runtime.LeftoverLister = (*Driver)(nil)
 )
 
 // New opens the docker driver. Options: "host" (engine address, else
@@ -110,9 +119,13 @@ func Open(ctx context.Context, cfg runtime.Config) (*Driver, error) {
 	if st, err := os.Stat(initPath); err != nil || st.IsDir() {
 		return nil, errdefs.Invalid("invalid_config", "docker: init binary %q is not a file: %v", initPath, err)
 	}
-	cli, err := client.New(client.WithHost(host), client.WithAPIVersionNegotiation())
+	hc, err := guardedHTTPClient(host, cfg.EngineTimeout)
 	if err != nil {
-		return nil, errdefs.New(errdefs.ErrUnavailable, "engine_unavailable", "docker: client for %s: %v", host, err)
+		return nil, errdefs.Invalid("invalid_config", "docker: host %q: %v", host, err)
+	}
+	cli, err := client.New(client.WithHost(host), client.WithHTTPClient(hc), client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, errdefs.Invalid("invalid_config", "docker: client for %q: %v", host, err)
 	}
 	d := &Driver{
 		cli:      cli,
@@ -121,6 +134,7 @@ func Open(ctx context.Context, cfg runtime.Config) (*Driver, error) {
 		initPath: initPath,
 		image:    cfg.Options["image"],
 		host:     host,
+		timeout:  cfg.EngineTimeout,
 	}
 	if d.spool, err = spoolDir(cfg.DataDir); err != nil {
 		cli.Close()
@@ -130,7 +144,7 @@ func Open(ctx context.Context, cfg runtime.Config) (*Driver, error) {
 	defer cancel()
 	if _, err := cli.Ping(pctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
 		cli.Close()
-		return nil, errdefs.New(errdefs.ErrUnavailable, "engine_unavailable", "docker: engine at %s unreachable: %v", host, err)
+		return nil, fmt.Errorf("docker: ping engine at %s: %w", host, engineguard.Unavailable(Name, err))
 	}
 	info, err := cli.Info(pctx, client.InfoOptions{})
 	if err != nil {
@@ -221,8 +235,8 @@ func engineErr(err error, format string, args ...any) error {
 	switch {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
-	case client.IsErrConnectionFailed(err):
-		return errdefs.New(errdefs.ErrUnavailable, "engine_unavailable", "%s", msg)
+	case client.IsErrConnectionFailed(err), isEngineGone(err):
+		return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), engineguard.Unavailable(Name, err))
 	case isNotFound(err):
 		return errdefs.NotFound("%s", msg)
 	case isConflict(err):
@@ -231,6 +245,28 @@ func engineErr(err error, format string, args ...any) error {
 		return errdefs.Invalid("invalid_argument", "%s", msg)
 	}
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
+}
+
+// isEngineGone reports a connection to the engine that broke or could not
+// be made: the engine is down or restarting.
+func isEngineGone(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// guardedHTTPClient is the engine client's HTTP client: a transport for
+// host whose every call is bounded by timeout (engineguard).
+func guardedHTTPClient(host string, timeout time.Duration) (*http.Client, error) {
+	u, err := client.ParseHostURL(host)
+	if err != nil {
+		return nil, err
+	}
+	base := &http.Transport{}
+	if err := sockets.ConfigureTransport(base, u.Scheme, u.Host); err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: engineguard.Transport(base, Name, timeout)}, nil
 }
 
 func isNotFound(err error) bool { return cerrdefs.IsNotFound(err) }

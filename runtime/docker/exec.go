@@ -19,6 +19,7 @@ import (
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/internal/cgroup"
 	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/runtime/internal/engineguard"
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/client"
 	"github.com/moby/moby/client/pkg/versions"
@@ -105,7 +106,7 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 		}
 		return nil, engineErr(err, "exec in workspace %s", id)
 	}
-	att, err := d.cli.ExecAttach(ctx, created.ID, client.ExecAttachOptions{TTY: spec.TTY, ConsoleSize: size})
+	att, err := d.attach(ctx, created.ID, client.ExecAttachOptions{TTY: spec.TTY, ConsoleSize: size})
 	if err != nil {
 		if isConflict(err) {
 			return nil, errdefs.New(errdefs.ErrFailedPrecondition, "workspace_not_running", "workspace %s is not running", id)
@@ -131,6 +132,15 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	}
 	go p.watch(ctx, spec.Timeout)
 	return p, nil
+}
+
+// attach opens an exec's stream. Its handshake runs on a hijacked
+// connection that the guarded transport does not see, so it is bounded
+// here; a stream that opens after the deadline is closed again.
+func (d *Driver) attach(ctx context.Context, execID string, opts client.ExecAttachOptions) (client.ExecAttachResult, error) {
+	return engineguard.Call(ctx, Name, d.timeout, func(ctx context.Context) (client.ExecAttachResult, error) {
+		return d.cli.ExecAttach(ctx, execID, opts)
+	}, func(a client.ExecAttachResult) { a.Close() })
 }
 
 // ttyArgv wraps a TTY command so that its terminal has the initial size
@@ -203,24 +213,48 @@ func (p *process) watch(ctx context.Context, timeout time.Duration) {
 	case <-p.outDone:
 	case <-timer:
 		p.timedOut.Store(true)
-		p.killAll()
+		if err := p.killAll(); err != nil {
+			p.conn.Close()
+			p.killWhenBack()
+		}
 		<-p.outDone
 	case <-ctx.Done():
-		p.killAll()
+		if err := p.killAll(); err != nil {
+			// The engine is not answering: end the stream now, and kill
+			// the command once it answers again, so that nothing a
+			// cancelled session started outlives it.
+			p.conn.Close()
+			p.killWhenBack()
+		}
 		<-p.outDone
 	}
 	p.finish()
 }
 
+// killWhenBack kills the command, in the background, once the engine
+// answers again (for up to killRetryLimit).
+func (p *process) killWhenBack() {
+	log := p.d.log.With("workspace_id", p.ws, "exec_id", short(p.execID))
+	go engineguard.Retry(log, "kill command cut off by an engine outage", killRetryLimit, func(ctx context.Context) error {
+		return p.signal(ctx, syscall.SIGKILL)
+	})
+}
+
+// killRetryLimit is how long a command cut off by an engine outage is
+// retried being killed.
+const killRetryLimit = 15 * time.Minute
+
 // killAll sends SIGKILL to the command's process group and then to anything
 // left carrying the command's marker, until nothing is left.
-func (p *process) killAll() {
+func (p *process) killAll() error {
 	p.killed.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := p.signal(ctx, syscall.SIGKILL); err != nil {
+	err := p.signal(ctx, syscall.SIGKILL)
+	if err != nil {
 		p.d.log.Warn("kill command", "workspace_id", p.ws, "exec_id", short(p.execID), "error", err)
 	}
+	return err
 }
 
 // finish learns the exit code once the output stream has ended.
@@ -234,6 +268,11 @@ func (p *process) finish() {
 		ins, err := p.d.cli.ExecInspect(ctx, p.execID, client.ExecInspectOptions{})
 		if err != nil {
 			p.err = engineErr(err, "command in workspace %s", p.ws)
+			if errors.Is(p.err, errdefs.ErrUnavailable) && !p.killed.Load() {
+				// The stream ended with the engine: the command may
+				// still run, with no one to read it.
+				p.killWhenBack()
+			}
 			return
 		}
 		if !ins.Running {
@@ -453,11 +492,15 @@ func (p *process) signalInside(ctx context.Context, sig syscall.Signal) error {
 		}
 		return engineErr(err, "signal command in workspace %s", p.ws)
 	}
-	att, err := p.d.cli.ExecAttach(ctx, res.ID, client.ExecAttachOptions{})
+	att, err := p.d.attach(ctx, res.ID, client.ExecAttachOptions{})
 	if err != nil {
 		return engineErr(err, "signal command in workspace %s", p.ws)
 	}
 	defer att.Close()
+	// A hijacked stream ignores ctx: an engine frozen mid-way would hold
+	// the read below forever.
+	stopRead := context.AfterFunc(ctx, func() { att.Close() })
+	defer stopRead()
 	var msg strings.Builder
 	if _, err := stdcopy.StdCopy(&msg, &msg, att.Reader); err != nil {
 		return fmt.Errorf("signal command in workspace %s: %w", p.ws, err)

@@ -252,3 +252,21 @@ func short(id string) string {
 	}
 	return id
 }
+
+// Leftovers implements runtime.LeftoverLister: the workspaces that have a
+// volume labelled with this server's ID (a Create cut off between volume
+// and container leaves one without a container; Remove removes both).
+func (d *Driver) Leftovers(ctx context.Context) ([]string, error) {
+	f := client.Filters{}.Add("label", runtime.LabelManaged+"=true", runtime.LabelServer+"="+d.serverID)
+	res, err := d.cli.VolumeList(ctx, client.VolumeListOptions{Filters: f})
+	if err != nil {
+		return nil, engineErr(err, "list volumes")
+	}
+	var out []string
+	for _, v := range res.Items {
+		if id := v.Labels[runtime.LabelWorkspace]; id != "" {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/containers/podman/v5/pkg/bindings"
 
 	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/runtime/internal/engineguard"
 )
 
 // mapErr classifies an error from the Podman service into an errdefs class,
@@ -37,7 +38,7 @@ func mapErr(err error) error {
 	var ce bindings.ConnectError
 	var ne net.Error
 	if errors.As(err, &ce) || errors.As(err, &ne) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
-		return &classified{class: errdefs.ErrUnavailable, err: err}
+		return engineguard.Unavailable(Name, err)
 	}
 	return err
 }
@@ -55,7 +56,7 @@ func classOf(status int) error {
 	case http.StatusNotImplemented:
 		return errdefs.ErrNotImplemented
 	case http.StatusServiceUnavailable:
-		return errdefs.ErrUnavailable
+		return errdefs.ErrUnavailable // the service's own message: no address of ours
 	}
 	return nil
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/internal/cgroup"
 	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/runtime/internal/engineguard"
 )
 
 // apiPrefix is the path prefix of the libpod API for the exec streams the
@@ -124,6 +125,7 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
 	}
+	p.conn = conn
 	if spec.Timeout > 0 {
 		p.timer = time.AfterFunc(spec.Timeout, func() {
 			p.mu.Lock()
@@ -173,7 +175,13 @@ func (d *Driver) startExec(ctx context.Context, session string, spec runtime.Exe
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", "tcp")
-	if dl, ok := ctx.Deadline(); ok {
+	// The handshake is bounded like every engine call (the guarded
+	// transport does not see this connection); the stream after it is not.
+	dl, ok := ctx.Deadline()
+	if d.timeout > 0 && (!ok || time.Until(dl) > d.timeout) {
+		dl, ok = time.Now().Add(d.timeout), true
+	}
+	if ok {
 		_ = conn.SetDeadline(dl)
 	}
 	if err := req.Write(conn); err != nil {
@@ -215,6 +223,7 @@ type process struct {
 
 	oomCtl    string // host path of the container's memory.oom_control, "" if unknown
 	oomBefore int64
+	conn      *net.UnixConn // the session's stream
 
 	mu       sync.Mutex
 	timedOut bool
@@ -252,6 +261,14 @@ func (p *process) run(conn *net.UnixConn, br *bufio.Reader, spec runtime.ExecSpe
 	}
 	res, err := p.exitResult()
 	if err != nil {
+		p.mu.Lock()
+		killed := p.killed
+		p.mu.Unlock()
+		if errors.Is(err, errdefs.ErrUnavailable) && !killed {
+			// The stream ended with the service: the command may still
+			// run, with no one to read it.
+			p.killWhenBack()
+		}
 		if streamErr != nil && !errors.Is(streamErr, net.ErrClosed) {
 			err = fmt.Errorf("%w (stream: %v)", err, streamErr)
 		}
@@ -413,8 +430,26 @@ func (p *process) kill() {
 	defer cancel()
 	if err := p.signal(ctx, syscall.SIGKILL); err != nil {
 		p.d.log.Warn("kill command", "workspace_id", p.id, "exec_id", short(p.session), "error", err)
+		// The service is not answering: end the stream now, and kill
+		// the command once it answers again, so that nothing a
+		// cancelled session started outlives it.
+		p.conn.Close()
+		p.killWhenBack()
 	}
 }
+
+// killWhenBack kills the command, in the background, once the service
+// answers again (for up to killRetryLimit).
+func (p *process) killWhenBack() {
+	log := p.d.log.With("workspace_id", p.id, "exec_id", short(p.session))
+	go engineguard.Retry(log, "kill command cut off by an engine outage", killRetryLimit, func(ctx context.Context) error {
+		return p.signal(ctx, syscall.SIGKILL)
+	})
+}
+
+// killRetryLimit is how long a command cut off by an engine outage is
+// retried being killed.
+const killRetryLimit = 15 * time.Minute
 
 // hostPID returns the command's PID on the host, 0 if it has exited.
 func (p *process) hostPID(ctx context.Context) (int, error) {

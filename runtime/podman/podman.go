@@ -73,6 +73,7 @@ import (
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
 	"github.com/corralhq/corral/runtime/internal/procnet"
+	"github.com/corralhq/corral/runtime/internal/engineguard"
 )
 
 // Name is the name the driver is registered under.
@@ -93,7 +94,8 @@ type Driver struct {
 	// the service's version up in the context of every call. Calls use
 	// the caller's context for cancellation (see ctx).
 	conn     context.Context
-	sockPath string // unix socket of the service, for exec streams
+	sockPath string        // unix socket of the service, for exec streams
+	timeout  time.Duration // bounds each call to the service (engineguard); 0: none
 	rootless bool
 	cgroupV2 bool
 	caps     runtime.Capabilities
@@ -112,8 +114,9 @@ type Driver struct {
 }
 
 var (
-	_ runtime.Runtime     = (*Driver)(nil)
-	_ runtime.ImagePuller = (*Driver)(nil)
+	_ runtime.Runtime        = (*Driver)(nil)
+	_ runtime.ImagePuller    = (*Driver)(nil)
+	_ runtime.LeftoverLister = (*Driver)(nil)
 )
 
 // New opens the driver: it connects to the service, checks its version and
@@ -159,7 +162,7 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 	defer cancel()
 	conn, err := bindings.NewConnection(ctx, uri)
 	if err != nil {
-		return nil, errdefs.New(errdefs.ErrUnavailable, "engine_unavailable", "podman: connect to %s: %v", uri, err)
+		return nil, fmt.Errorf("podman: connect to %s: %w", uri, engineguard.Unavailable(Name, err))
 	}
 	d.conn = conn
 	info, err := system.Info(d.ctx(ctx), nil)
@@ -182,6 +185,16 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 	} else {
 		d.caps.Policy.Why["disk"] = why
 	}
+	// From here on every call the bindings make is bounded (engineguard).
+	// The start-up probes above are not: the service's info is slow to
+	// compute (seconds on a busy host), and ctx bounds them. The connection
+	// is this driver's own, so changing it races with no one.
+	c, err := bindings.GetClient(conn)
+	if err != nil {
+		return nil, fmt.Errorf("podman: connection to %s: %w", uri, err)
+	}
+	c.Client.Transport = engineguard.Transport(c.Client.Transport, Name, cfg.EngineTimeout)
+	d.timeout = cfg.EngineTimeout
 	d.setupOpen(cfg.Network)
 	d.refreshOpen(ctx)
 	log.Info("connected", "uri", uri, "version", d.version, "rootless", d.rootless,
@@ -686,4 +699,23 @@ func short(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// Leftovers implements runtime.LeftoverLister: the workspaces that have a
+// volume labelled with this server's ID (a Create cut off between volume
+// and container leaves one without a container; Remove removes both).
+func (d *Driver) Leftovers(ctx context.Context) ([]string, error) {
+	list, err := volumes.List(d.ctx(ctx), &volumes.ListOptions{Filters: map[string][]string{
+		"label": {runtime.LabelManaged + "=true", runtime.LabelServer + "=" + d.serverID},
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("list volumes: %w", mapErr(err))
+	}
+	var out []string
+	for _, v := range list {
+		if id := v.Labels[runtime.LabelWorkspace]; id != "" {
+			out = append(out, id)
+		}
+	}
+	return out, nil
 }

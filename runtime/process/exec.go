@@ -104,6 +104,11 @@ func (d *Driver) Exec(ctx context.Context, id string, spec runtime.ExecSpec) (ru
 	var started sandboxinit.Reply
 	if fds, err := sandboxinit.Receive(conn, &started); err != nil {
 		unixCloseAll(fds)
+		if d.running(id) == nil {
+			// It died (the spare connection outlived it): say so, so
+			// that the caller can restart the workspace.
+			return nil, errdefs.New(errdefs.ErrFailedPrecondition, "not_running", "workspace %q is not running", id)
+		}
 		return nil, errdefs.New(errdefs.ErrUnavailable, "unavailable", "exec in %s: supervisor: %v", id, err)
 	}
 	if started.Op != sandboxinit.OpStarted {

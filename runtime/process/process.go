@@ -216,6 +216,7 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 }
 
 var _ runtime.Runtime = (*Driver)(nil)
+var _ runtime.LeftoverLister = (*Driver)(nil)
 var _ runtime.PathRemover = (*Driver)(nil)
 
 // Name is "process".
@@ -897,7 +898,7 @@ func fileExists(p string) bool {
 func (d *Driver) Remove(ctx context.Context, id string) error {
 	unlock, err := d.lock(id)
 	if errors.Is(err, errdefs.ErrNotFound) {
-		return nil
+		return d.removeLeftover(id)
 	}
 	if err != nil {
 		return err
@@ -933,6 +934,50 @@ func (d *Driver) Remove(ctx context.Context, id string) error {
 	}
 	d.log.Info("workspace removed", "workspace_id", id)
 	return nil
+}
+
+// removeLeftover removes what a Create or Remove cut off by a crash left of
+// workspace id: a directory without meta.json (Remove deletes meta.json
+// first; Create writes it last), its disk image mount and its cgroups.
+// A directory with a meta.json is a workspace, and is left alone.
+func (d *Driver) removeLeftover(id string) error {
+	if checkID(id) != nil {
+		return nil
+	}
+	dir := d.wsDir(id)
+	if fileExists(d.metaPath(id)) || !fileExists(dir) {
+		return nil
+	}
+	if err := unmountDisk(d.homeDir(id)); err != nil {
+		return fmt.Errorf("remove leftovers of %s: %w", id, err)
+	}
+	if d.cg != nil {
+		d.cg.killAll(id)
+		if err := d.cg.remove(id); err != nil {
+			return fmt.Errorf("remove leftovers of %s: %w", id, err)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove leftovers of %s: %w", id, err)
+	}
+	d.log.Info("removed leftovers of an interrupted create or remove", "workspace_id", id)
+	return nil
+}
+
+// Leftovers implements runtime.LeftoverLister: the workspace directories
+// without a meta.json.
+func (d *Driver) Leftovers(ctx context.Context) ([]string, error) {
+	ents, err := os.ReadDir(d.wsRoot())
+	if err != nil {
+		return nil, fmt.Errorf("list workspaces: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if e.IsDir() && checkID(e.Name()) == nil && !fileExists(d.metaPath(e.Name())) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, ctx.Err()
 }
 
 // Inspect reports the workspace's state. errdefs.ErrNotFound if it does not
