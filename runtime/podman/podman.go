@@ -72,8 +72,8 @@ import (
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
-	"github.com/corralhq/corral/runtime/internal/procnet"
 	"github.com/corralhq/corral/runtime/internal/engineguard"
+	"github.com/corralhq/corral/runtime/internal/procnet"
 )
 
 // Name is the name the driver is registered under.
