@@ -279,13 +279,9 @@ func evsText(evs []event) string {
 // Killed while a file is being uploaded: after the restart the file is
 // absent (never half written) and nothing else of the upload (a temporary
 // file) is in the workspace.
-//
-// On this branch alone an upload writes into the file as it arrives, and
-// the test finds a 2 MiB file after the crash. TODO(lead): remove the skip
-// once the files branch's atomic uploads are merged.
+
 func TestCrashMidUpload(t *testing.T) {
 	requireRoot(t)
-	t.Skip("needs atomic uploads (files branch)")
 	bin := testbin.Corral(t)
 	data := t.TempDir()
 	s := crashServer(t, bin, data)
