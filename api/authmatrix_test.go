@@ -288,14 +288,16 @@ func (e *convEnv) socketFirstFrame(path string, frame any) websocket.StatusCode 
 }
 
 // refusal sends frame on an open socket and returns the close code the
-// server answers with; any frame from the server fails the test.
+// server answers with. The only frame the server may send first is one
+// error frame saying why (unauthenticated or not_found): anything else, or
+// more than that, fails the test.
 func (e *convEnv) refusal(ctx context.Context, conn *websocket.Conn, path string, frame any) websocket.StatusCode {
 	e.t.Helper()
 	b, _ := json.Marshal(frame)
 	if err := conn.Write(ctx, websocket.MessageText, b); err != nil {
 		e.t.Fatalf("write first frame: %v", err)
 	}
-	for {
+	for frames := 0; ; frames++ {
 		_, data, err := conn.Read(ctx)
 		if err != nil {
 			var ce websocket.CloseError
@@ -304,6 +306,13 @@ func (e *convEnv) refusal(ctx context.Context, conn *websocket.Conn, path string
 			}
 			e.t.Fatalf("read after first frame: %v", err)
 		}
-		e.t.Errorf("%s sent a frame to an unauthenticated client: %s", path, data)
+		var f struct {
+			Type  string      `json:"type"`
+			Error ErrorDetail `json:"error"`
+		}
+		if frames > 0 || json.Unmarshal(data, &f) != nil || f.Type != "error" ||
+			(f.Error.Code != "unauthenticated" && f.Error.Code != "not_found") {
+			e.t.Errorf("%s sent a refused client more than why it was refused: %s", path, data)
+		}
 	}
 }

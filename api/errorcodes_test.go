@@ -17,15 +17,22 @@ import (
 
 // errorClasses are errdefs' classes by name, as the source names them.
 var errorClasses = map[string]error{
-	"ErrNotFound":           errdefs.ErrNotFound,
-	"ErrAlreadyExists":      errdefs.ErrAlreadyExists,
-	"ErrInvalidArgument":    errdefs.ErrInvalidArgument,
-	"ErrConflict":           errdefs.ErrConflict,
-	"ErrFailedPrecondition": errdefs.ErrFailedPrecondition,
-	"ErrNotImplemented":     errdefs.ErrNotImplemented,
-	"ErrUnauthenticated":    errdefs.ErrUnauthenticated,
-	"ErrTooLarge":           errdefs.ErrTooLarge,
-	"ErrUnavailable":        errdefs.ErrUnavailable,
+	"ErrNotFound":            errdefs.ErrNotFound,
+	"ErrAlreadyExists":       errdefs.ErrAlreadyExists,
+	"ErrInvalidArgument":     errdefs.ErrInvalidArgument,
+	"ErrConflict":            errdefs.ErrConflict,
+	"ErrFailedPrecondition":  errdefs.ErrFailedPrecondition,
+	"ErrNotImplemented":      errdefs.ErrNotImplemented,
+	"ErrUnauthenticated":     errdefs.ErrUnauthenticated,
+	"ErrTooLarge":            errdefs.ErrTooLarge,
+	"ErrUnavailable":         errdefs.ErrUnavailable,
+	"ErrInsufficientStorage": errdefs.ErrInsufficientStorage,
+}
+
+// apiClasses are this package's own classes (statuses errdefs has no class
+// for), which only carry codes of their own.
+var apiClasses = map[string]error{
+	"errRequestTimeout": errRequestTimeout,
 }
 
 // TestErrorCodesDocumented reads every error code the code base can give
@@ -189,12 +196,17 @@ func sourceErrorCodes(t *testing.T, root string, want map[string]int) map[string
 					if len(x.Args) < 2 {
 						return true
 					}
-					cs, ok := x.Args[0].(*ast.SelectorExpr)
-					if !ok || errorClasses[cs.Sel.Name] == nil {
+					switch cs := x.Args[0].(type) {
+					case *ast.SelectorExpr:
+						class = errorClasses[cs.Sel.Name]
+					case *ast.Ident:
+						class = apiClasses[cs.Name]
+					}
+					if class == nil {
 						t.Errorf("%s: errdefs.New with a class this test does not know; add it to errorClasses", fset.Position(x.Pos()))
 						return true
 					}
-					class, codeArg = errorClasses[cs.Sel.Name], x.Args[1]
+					codeArg = x.Args[1]
 				case "Invalid":
 					if len(x.Args) < 1 {
 						return true
@@ -213,6 +225,33 @@ func sourceErrorCodes(t *testing.T, root string, want map[string]int) map[string
 				}
 				add(code, statusOf(class), x.Pos())
 			case *ast.CompositeLit:
+				if sel, ok := x.Type.(*ast.SelectorExpr); ok && sel.Sel.Name == "Error" {
+					// errdefs.Error{Class: errdefs.ErrX, Code: ...}
+					if pkg, ok := sel.X.(*ast.Ident); !ok || pkg.Name != "errdefs" {
+						return true
+					}
+					var class error
+					var code string
+					for _, el := range x.Elts {
+						kv, ok := el.(*ast.KeyValueExpr)
+						if !ok {
+							continue
+						}
+						switch k, _ := kv.Key.(*ast.Ident); {
+						case k == nil:
+						case k.Name == "Class":
+							if cs, ok := kv.Value.(*ast.SelectorExpr); ok {
+								class = errorClasses[cs.Sel.Name]
+							}
+						case k.Name == "Code":
+							code, _ = str(kv.Value)
+						}
+					}
+					if class != nil && code != "" {
+						add(code, statusOf(class), x.Pos())
+					}
+					return true
+				}
 				if id, ok := x.Type.(*ast.Ident); !ok || id.Name != "ErrorDetail" {
 					return true
 				}
