@@ -121,6 +121,34 @@ func (s *server) call(t *testing.T, key, method, path, body string) (int, []byte
 	return resp.StatusCode, b
 }
 
+// deleteWorkspacesAtCleanup deletes every workspace of key's user when the
+// test ends, before the server stops (cleanups run last-registered first):
+// a stopped server leaves its sandboxes running for the next start to
+// adopt, and their disk mounts would keep t.TempDir from being removed.
+func (s *server) deleteWorkspacesAtCleanup(t *testing.T, key string) {
+	t.Cleanup(func() {
+		code, body := s.call(t, key, http.MethodGet, "/workspaces?limit=100", "")
+		if code != http.StatusOK {
+			t.Errorf("list workspaces at cleanup: %d %s", code, body)
+			return
+		}
+		var page struct {
+			Workspaces []struct {
+				ID string `json:"id"`
+			} `json:"workspaces"`
+		}
+		if err := json.Unmarshal(body, &page); err != nil {
+			t.Errorf("list workspaces at cleanup: %v: %s", err, body)
+			return
+		}
+		for _, w := range page.Workspaces {
+			if code, body := s.call(t, key, http.MethodDelete, "/workspaces/"+w.ID, ""); code != http.StatusNoContent && code != http.StatusNotFound {
+				t.Errorf("delete %s at cleanup: %d %s", w.ID, code, body)
+			}
+		}
+	})
+}
+
 // The binary end to end: keys made by `corral keys` and CORRAL_API_KEYS
 // work, keys never reach the log, and a restarted server keeps its
 // workspaces and their files.

@@ -66,6 +66,7 @@ func TestReadmeCurlExamples(t *testing.T) {
 		testserver.Call("c2", "run_command", map[string]string{"command": "cat hello.py"}),
 		testserver.Reply("It prints hi."))
 	s := serve(t, bin, []string{"CORRAL_LLM_BASE_URL=" + llm.URL + "/v1", "CORRAL_LLM_MODEL=m"}, "--data-dir", data, "--runtime", "process")
+	s.deleteWorkspacesAtCleanup(t, key)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
