@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/runtime"
 	"github.com/corralhq/corral/store"
@@ -93,7 +95,11 @@ func TestDeadSandboxThatCannotRestartIsError(t *testing.T) {
 		t.Fatal(err)
 	}
 	home := h.killSupervisor(t, w.ID)
-	// Its files are gone: the supervisor cannot start in them.
+	// Its files are gone: the supervisor cannot start in them. (Home may
+	// be its disk's mount point, with the default disk cap: detach it.)
+	if err := unix.Unmount(home, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		t.Fatal(err)
+	}
 	if err := os.RemoveAll(home); err != nil {
 		t.Fatal(err)
 	}
