@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"strings"
-	"sync"
 
 	"github.com/corralhq/corral/errdefs"
 	"github.com/corralhq/corral/runtime"
@@ -27,10 +26,43 @@ func isEscape(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "path escapes from parent")
 }
 
-// swept holds the homes whose whole tree this process has swept of the
-// temporaries a killed server left (see tarfs.SweepAll): the first file
-// operation on a workspace after start-up does it.
-var swept sync.Map
+// sweepAtStart removes, in the background, the upload temporaries a killed
+// server left in every workspace whose files are reachable now. A stopped
+// workspace with a disk of its own has its disk unmounted: it is swept when
+// the disk is next mounted, by its first file operation (openRoot).
+// Temporaries are never listed or archived in the meantime.
+func (d *Driver) sweepAtStart() {
+	ctx, cancel := context.WithCancel(context.Background())
+	d.stopSweep = cancel
+	ents, err := os.ReadDir(d.wsRoot())
+	if err != nil {
+		return
+	}
+	d.sweeping.Add(1)
+	go func() {
+		defer d.sweeping.Done()
+		for _, e := range ents {
+			if ctx.Err() != nil {
+				return
+			}
+			id := e.Name()
+			m, err := d.loadMeta(id)
+			if err != nil || (m.Disk && !isMountPoint(d.homeDir(id))) {
+				continue
+			}
+			r, err := os.OpenRoot(d.homeDir(id))
+			if err != nil {
+				continue
+			}
+			if _, done := d.swept.LoadOrStore(d.homeDir(id), true); !done {
+				if n := tarfs.SweepAll(ctx, r); n > 0 {
+					d.log.Info("removed temporaries left by an interrupted upload", "workspace_id", id, "count", n)
+				}
+			}
+			r.Close()
+		}
+	}()
+}
 
 // openRoot opens the workspace's home as an os.Root, sweeping it of stale
 // temporaries the first time.
@@ -52,7 +84,7 @@ func (d *Driver) openRoot(ctx context.Context, id string) (*os.Root, error) {
 	if err != nil {
 		return nil, fmt.Errorf("workspace %s: %w", id, err)
 	}
-	if _, done := swept.LoadOrStore(d.homeDir(id), true); !done {
+	if _, done := d.swept.LoadOrStore(d.homeDir(id), true); !done {
 		if n := tarfs.SweepAll(ctx, r); n > 0 {
 			d.log.Info("removed temporaries left by an interrupted upload", "workspace_id", id, "count", n)
 		}

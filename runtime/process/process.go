@@ -84,6 +84,14 @@ type Driver struct {
 	netCfg    runtime.NetworkConfig
 	open      openNet // how network mode open works here
 
+	// sweep removes upload temporaries a killed server left (files.go);
+	// Close stops it and waits.
+	stopSweep context.CancelFunc
+	sweeping  sync.WaitGroup
+	// swept holds the homes this driver has swept whole (tarfs.SweepAll):
+	// at start-up, or by the first file operation on a workspace.
+	swept sync.Map
+
 	mu       sync.Mutex
 	children map[string]*supervisorProc // supervisors this driver started (it must reap them)
 	metas    map[string]*meta           // cache of workspaces' meta.json
@@ -212,6 +220,7 @@ func New(cfg runtime.Config) (runtime.Runtime, error) {
 	if len(d.caps.Policy.Why) > 0 {
 		d.log.Warn("process runtime cannot enforce everything on this host", "missing", fmt.Sprint(d.caps.Policy.Why))
 	}
+	d.sweepAtStart()
 	return d, nil
 }
 
@@ -230,6 +239,8 @@ func (d *Driver) Capabilities() runtime.Capabilities { return d.caps }
 // server's firewall table; with workspaces left the rules stay, guarding
 // the running sandboxes.
 func (d *Driver) Close() error {
+	d.stopSweep()
+	d.sweeping.Wait()
 	if !d.open.isolated {
 		return nil
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/netip"
@@ -24,6 +25,7 @@ import (
 	"github.com/corralhq/corral/internal/testbin"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
+	"github.com/corralhq/corral/runtime/internal/tarfs"
 	"github.com/corralhq/corral/runtime/process"
 	"github.com/corralhq/corral/runtime/runtimetest"
 	"github.com/hashicorp/go-hclog"
@@ -1067,5 +1069,42 @@ func TestUIDSeparationUnderPrivateHiddenDir(t *testing.T) {
 	lines := strings.Split(r.stdout, "\n")
 	if len(lines) < 2 || lines[0] == "0" || lines[1] != "hi" {
 		t.Errorf("in the workspace: stdout %q stderr %q", r.stdout, r.stderr)
+	}
+}
+
+// TestSweepAtStart: the temporaries of an upload a killed server left are
+// removed when the next driver opens on the same data directory, without
+// any file operation, and a file of the same shape that is not a temporary of
+// an earlier server stays.
+func TestSweepAtStart(t *testing.T) {
+	dir := t.TempDir()
+	first := open(t, dir)
+	ws := workspace(t, first, none(), "")
+	home := filepath.Join(dir, "workspaces", ws, "home")
+	stale := filepath.Join(home, "sub", tarfs.TempPrefix+"000000000000-00000000deadbeef")
+	kept := filepath.Join(home, "sub", "keep.txt")
+	if err := os.MkdirAll(filepath.Dir(stale), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{stale, kept} {
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	open(t, dir) // sweeps in the background
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		_, err := os.Stat(stale)
+		if errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stale temporary still there 30s after a restart: %v", err)
+		}
+	}
+	if _, err := os.Stat(kept); err != nil {
+		t.Errorf("a workspace file went with the sweep: %v", err)
 	}
 }
