@@ -51,16 +51,20 @@ func (s *Service) newOpenAIAgent(c store.Conversation, llm LLMConfig) (Agent, er
 	return &OpenAIAgent{Client: client, SystemPrompt: s.cfg.SystemPrompt}, nil
 }
 
-// llmHTTPClient is the client for the default agent: for an endpoint a user
-// chose, one that refuses to connect to denied addresses, the server's own
-// included (unless the operator allows private endpoints) and ignores proxy settings, so the check applies to
-// the endpoint itself.
+// llmHTTPClient is the client for the default agent. The server's own
+// endpoint (Config.LLM, the operator's choice) uses Config.HTTPClient as
+// is. An endpoint a user chose gets a client that ignores proxy settings,
+// so that the check applies to the endpoint itself, and refuses to connect
+// to denied addresses (policy.CheckAddress): loopback and this machine's
+// own addresses always; link-local, private and metadata ranges unless the
+// operator allows private endpoints (AllowPrivateLLMOverride).
 func (s *Service) llmHTTPClient(userChosen bool) *http.Client {
-	if !userChosen || s.cfg.AllowPrivateLLMOverride {
+	if !userChosen {
 		return s.cfg.HTTPClient
 	}
 	s.guardOnce.Do(func() {
-		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: denyAddress}
+		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second,
+			Control: denyAddress(s.cfg.AllowPrivateLLMOverride)}
 		s.guarded = &http.Client{Transport: &http.Transport{
 			DialContext: d.DialContext, ForceAttemptHTTP2: true, MaxIdleConns: 100,
 			IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 10 * time.Second,
@@ -69,18 +73,24 @@ func (s *Service) llmHTTPClient(userChosen bool) *http.Client {
 	return s.guarded
 }
 
-// denyAddress is a net.Dialer Control that applies the server's one
-// outbound address policy (policy.CheckAddress: loopback, link-local,
-// private and metadata ranges, and every address of this machine) to the
+// denyAddress returns a net.Dialer Control that applies the server's one
+// outbound address policy (policy.CheckAddress with allowPrivate) to the
 // address each connection dials, so a name that resolves differently by
 // the time it is dialled cannot slip through. Refusals carry the code
 // "llm_address_denied".
-func denyAddress(network, address string, c syscall.RawConn) error {
-	if err := policy.DialControl(false)(network, address, c); err != nil {
-		return errdefs.New(errdefs.ErrFailedPrecondition, "llm_address_denied",
-			"LLM endpoint %s refused: %v; conversations may not use it unless the operator allows private endpoints (CORRAL_LLM_ALLOW_PRIVATE)", address, err)
+func denyAddress(allowPrivate bool) func(network, address string, c syscall.RawConn) error {
+	check := policy.DialControl(allowPrivate)
+	return func(network, address string, c syscall.RawConn) error {
+		if err := check(network, address, c); err != nil {
+			if allowPrivate {
+				return errdefs.New(errdefs.ErrFailedPrecondition, "llm_address_denied",
+					"LLM endpoint %s refused: %v; loopback and this server's own addresses are never allowed", address, err)
+			}
+			return errdefs.New(errdefs.ErrFailedPrecondition, "llm_address_denied",
+				"LLM endpoint %s refused: %v; conversations may not use it unless the operator allows private endpoints (CORRAL_LLM_ALLOW_PRIVATE)", address, err)
+		}
+		return nil
 	}
-	return nil
 }
 
 // OpenAIAgent is the default agent: each step is one chat-completions call

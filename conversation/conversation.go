@@ -196,9 +196,9 @@ type Config struct {
 	// behind before it is dropped with ErrLagged (default 1024).
 	SubscriberBuffer int
 	// AllowPrivateLLMOverride lets a conversation's own llm.base_url reach
-	// loopback, link-local and private addresses and this server's own
-	// addresses (see policy.CheckAddress). Off by default, so that
-	// users cannot make the server call its own network; the server's
+	// link-local, CGNAT and private addresses (see policy.CheckAddress);
+	// never loopback or this server's own addresses. Off by default, so
+	// that users cannot make the server call its own network; the server's
 	// configured endpoint (for example a local Ollama) is always allowed.
 	AllowPrivateLLMOverride bool
 	// NewAgent makes each conversation's agent; default: the

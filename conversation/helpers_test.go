@@ -22,6 +22,7 @@ import (
 	"github.com/corralhq/corral/conversation"
 	"github.com/corralhq/corral/conversation/openai"
 	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/internal/nettest"
 	"github.com/corralhq/corral/runtime"
 	"github.com/corralhq/corral/store"
 )
@@ -181,6 +182,19 @@ type recorded struct {
 func newLLM(t testing.TB, script ...reply) *llmServer {
 	l := &llmServer{t: t, script: script}
 	l.srv = httptest.NewServer(http.HandlerFunc(l.serve))
+	t.Cleanup(l.srv.Close)
+	return l
+}
+
+// newPrivateLLM is newLLM on another machine at a private address (not
+// this one's), which AllowPrivateLLMOverride opens to a user-chosen
+// llm.base_url.
+func newPrivateLLM(t testing.TB, script ...reply) *llmServer {
+	l := &llmServer{t: t, script: script}
+	l.srv = httptest.NewUnstartedServer(http.HandlerFunc(l.serve))
+	l.srv.Listener.Close()
+	l.srv.Listener = nettest.StartPrivateHost(t).Listen(t)
+	l.srv.Start()
 	t.Cleanup(l.srv.Close)
 	return l
 }

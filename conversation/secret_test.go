@@ -11,10 +11,10 @@ import (
 )
 
 func TestConversationKeyIsSealedAndUsed(t *testing.T) {
-	llm := newLLM(t, reply{content: "a"}, reply{content: "b"}, reply{content: "c"})
+	llm := newPrivateLLM(t, reply{content: "a"}, reply{content: "b"}, reply{content: "c"})
 	cfg := testConfig("http://127.0.0.1:1/unused")
 	cfg.SecretKey = "0123456789abcdef-server-secret"
-	cfg.AllowPrivateLLMOverride = true // the scripted LLM is on loopback
+	cfg.AllowPrivateLLMOverride = true // the scripted LLM is on a private address
 	f := newFixture(t, cfg)
 	ctx := context.Background()
 

@@ -22,19 +22,25 @@ const CodeAddressDenied = "address_denied"
 // address of this machine's interfaces, read at each call so that an
 // address added since start-up is covered too. allowPrivate is the
 // operator's explicit opt-in (Config.AllowPrivate, CORRAL_LLM_ALLOW_PRIVATE):
-// it accepts all of those, because a private service an operator lets users
-// reach may run on this very machine.
+// it opens the private, CGNAT and link-local ranges (metadata included)
+// and nothing else. Loopback, unspecified, multicast, the address-embedding
+// IPv6 ranges (AlwaysDeniedRanges) and this machine's own addresses stay
+// refused whatever the operator says: the server and the services beside
+// it on this host are never a user's to reach (issue 7).
 //
 // The error is errdefs.ErrFailedPrecondition with the code "address_denied".
 func CheckAddress(a netip.Addr, allowPrivate bool) error {
-	a = a.Unmap()
+	zone := a.Zone()
+	a = a.Unmap().WithZone("")
 	if !a.IsValid() {
 		return errdefs.New(errdefs.ErrFailedPrecondition, CodeAddressDenied, "invalid address")
 	}
 	if allowPrivate {
-		return nil
-	}
-	if a.Zone() != "" || IsDenied(a) {
+		if IsAlwaysDenied(a) {
+			return errdefs.New(errdefs.ErrFailedPrecondition, CodeAddressDenied,
+				"%s is a loopback, unspecified, multicast or otherwise reserved address", a)
+		}
+	} else if zone != "" || IsDenied(a) {
 		return errdefs.New(errdefs.ErrFailedPrecondition, CodeAddressDenied,
 			"%s is a loopback, link-local, private or otherwise reserved address", a)
 	}

@@ -121,9 +121,25 @@ func (h Host) MatchAddr(addr netip.Addr, port int) bool {
 	return h.Prefix.Contains(addr.Unmap())
 }
 
-func (h Host) private() bool {
+// local reports whether h names this machine by name ("localhost",
+// "*.localhost") or overlaps a range that stays denied whatever the
+// operator allows (AlwaysDeniedRanges). private reports whether it names
+// anything CheckAddress refuses without allowPrivate.
+func (h Host) local() bool {
 	if h.Name != "" {
 		return h.Name == "localhost" || strings.HasSuffix(h.Name, ".localhost")
+	}
+	for _, r := range alwaysDeniedRanges {
+		if h.Prefix.Overlaps(r) {
+			return true
+		}
+	}
+	return false
+}
+
+func (h Host) private() bool {
+	if h.local() {
+		return true
 	}
 	for _, r := range deniedRanges {
 		if h.Prefix.Overlaps(r) {
@@ -171,4 +187,39 @@ func IsDenied(addr netip.Addr) bool {
 // the proxy (a driver's firewall rules). The slice is a copy.
 func DeniedRanges() []netip.Prefix {
 	return append([]netip.Prefix(nil), deniedRanges...)
+}
+
+// alwaysDeniedRanges stay denied when the operator allows private
+// addresses: loopback, unspecified, "this network", reserved, multicast and
+// the IPv6 ranges that can carry any IPv4 address (so also loopback). They
+// are deniedRanges less the private, CGNAT and link-local ones.
+var alwaysDeniedRanges = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("240.0.0.0/4"),
+	netip.MustParsePrefix("::/96"),
+	netip.MustParsePrefix("64:ff9b::/96"),
+	netip.MustParsePrefix("64:ff9b:1::/48"),
+	netip.MustParsePrefix("2002::/16"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("ff00::/8"),
+}
+
+// IsAlwaysDenied reports whether addr is in a range that stays denied
+// whatever the operator allows (see CheckAddress).
+func IsAlwaysDenied(addr netip.Addr) bool {
+	addr = addr.Unmap()
+	for _, r := range alwaysDeniedRanges {
+		if r.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// AlwaysDeniedRanges returns the ranges IsAlwaysDenied refuses. The slice
+// is a copy.
+func AlwaysDeniedRanges() []netip.Prefix {
+	return append([]netip.Prefix(nil), alwaysDeniedRanges...)
 }

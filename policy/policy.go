@@ -65,8 +65,11 @@ type Config struct {
 	Defaults       Limits
 	Max            Limits
 	DefaultNetwork Mode
-	// AllowPrivate lets allowlists name loopback, link-local and private
-	// addresses (and the server itself). Off by default.
+	// AllowPrivate lets allowlists name link-local (metadata included),
+	// CGNAT and private addresses. Off by default. It never opens loopback
+	// ("localhost" included), unspecified, multicast or reserved ranges, nor
+	// this machine's own addresses: the egress proxy refuses those at
+	// connect time whatever an allowlist says (policy.CheckAddress).
 	AllowPrivate bool
 	// HostCPUs is how many CPUs workspaces share on this host; a cpus limit
 	// above it is refused ("limit_exceeds_host"), whatever Max says. Zero
@@ -215,6 +218,9 @@ func (c Config) Resolve(req Policy) (Policy, error) {
 			p, err := ParseHost(h)
 			if err != nil {
 				return Policy{}, errdefs.Invalid("invalid_network", "%v", err)
+			}
+			if p.local() {
+				return Policy{}, errdefs.Invalid("host_not_allowed", "allowed host %q is this machine (loopback), or an unspecified, multicast or reserved address; no server allows those", h)
 			}
 			if !c.AllowPrivate && p.private() {
 				return Policy{}, errdefs.Invalid("host_not_allowed", "allowed host %q is a loopback, link-local or private address; this server does not allow those", h)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -124,10 +125,19 @@ func TestResolveAllowlist(t *testing.T) {
 			t.Errorf("private host %q: %v (code %q), want host_not_allowed", h, err, errdefs.Code(err))
 		}
 	}
+	// AllowPrivate opens other machines' private and link-local addresses,
+	// never this machine (loopback, "localhost") nor an entry spanning it.
+	local := map[string]bool{"localhost": true, "db.localhost": true, "127.0.0.1": true, "[::1]:80": true,
+		"0.0.0.0/0": true, "::/0": true}
 	c.AllowPrivate = true
-	for _, h := range private {
+	for _, h := range append(private, "127.0.0.0/8", "ff02::1", "224.0.0.1", "0.0.0.0") {
 		req := policy.Policy{Network: policy.Network{Mode: policy.NetworkAllowlist, AllowedHosts: []string{h}}}
-		if _, err := c.Resolve(req); err != nil {
+		_, err := c.Resolve(req)
+		if l := local[h] || !slices.Contains(private, h); l {
+			if errdefs.Code(err) != "host_not_allowed" {
+				t.Errorf("local host %q with AllowPrivate: %v, want host_not_allowed", h, err)
+			}
+		} else if err != nil {
 			t.Errorf("private host %q with AllowPrivate: %v", h, err)
 		}
 	}

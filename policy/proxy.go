@@ -80,9 +80,10 @@ type Proxy struct {
 	Dir string
 	// Resolver resolves allowed names; nil means net.DefaultResolver.
 	Resolver Resolver
-	// AllowPrivate lets sandboxes reach loopback, link-local, private and
-	// this machine's own addresses (when their allowlist names them). Set it
-	// from Config.AllowPrivate.
+	// AllowPrivate lets sandboxes reach link-local, CGNAT and private
+	// addresses (when their allowlist names them); never loopback or this
+	// machine's own addresses (see CheckAddress). Set it from
+	// Config.AllowPrivate.
 	AllowPrivate bool
 	// DialTimeout bounds resolving and connecting to an upstream host.
 	DialTimeout time.Duration
@@ -519,6 +520,9 @@ func (p *Proxy) dial(w *proxyWorkspace, c net.Conn, method, host string, port in
 	if len(ok) == 0 {
 		d.Reason = DenyAddress
 		d.Detail = target + " is a loopback, link-local, private or server address, which this server does not allow"
+		if p.AllowPrivate {
+			d.Detail = target + " is a loopback, reserved or server address, which no server allows"
+		}
 		if litErr != nil {
 			d.Detail = fmt.Sprintf("%s resolves to %s, a loopback, link-local, private or server address, which this server does not allow", target, d.Addr)
 		}

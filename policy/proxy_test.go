@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/internal/nettest"
 	"github.com/corralhq/corral/policy"
 	"github.com/hashicorp/go-hclog"
 )
@@ -55,10 +56,42 @@ func (d *denials) all() ([]string, []policy.Denial) {
 	return append([]string(nil), d.ws...), append([]policy.Denial(nil), d.ds...)
 }
 
-// origin is a real HTTP server on loopback that echoes what it received.
+// upstreams holds each test's private host: another machine, at a private
+// address that is not this machine's, which an operator's AllowPrivate
+// lets allowlists reach (loopback and this machine's addresses it never
+// does).
+var upstreams sync.Map // test name -> *nettest.PrivateHost
+
+// upstream is t's private host, made on first use.
+func upstream(t *testing.T) *nettest.PrivateHost {
+	t.Helper()
+	if h, ok := upstreams.Load(t.Name()); ok {
+		return h.(*nettest.PrivateHost)
+	}
+	h := nettest.StartPrivateHost(t)
+	upstreams.Store(t.Name(), h)
+	t.Cleanup(func() { upstreams.Delete(t.Name()) })
+	return h
+}
+
+// serveOn starts srv on a listener of t's upstream host (TLS if tls).
+func serveOn(t *testing.T, srv *httptest.Server, tls bool) {
+	t.Helper()
+	srv.Listener.Close()
+	srv.Listener = upstream(t).Listen(t)
+	if tls {
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
+	t.Cleanup(srv.Close)
+}
+
+// origin is a real HTTP server on t's upstream host that echoes what it
+// received.
 func origin(t *testing.T) (*httptest.Server, int) {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		var proxyHdrs []string
 		for k := range r.Header {
@@ -68,7 +101,7 @@ func origin(t *testing.T) (*httptest.Server, int) {
 		}
 		fmt.Fprintf(w, "origin host=%s method=%s uri=%s body=%s leaked=%v", r.Host, r.Method, r.RequestURI, body, proxyHdrs)
 	}))
-	t.Cleanup(srv.Close)
+	serveOn(t, srv, false)
 	return srv, srv.Listener.Addr().(*net.TCPAddr).Port
 }
 
@@ -81,13 +114,19 @@ func newProxy(t *testing.T, allowPrivate bool) (*policy.Proxy, *denials) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	loop := []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+	// Only tests that reach an upstream make the private host.
+	var up []netip.Addr
+	if allowPrivate {
+		up = []netip.Addr{upstream(t).Addr}
+	} else {
+		up = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+	}
 	p := &policy.Proxy{
 		Dir: dir,
 		Resolver: tableResolver{
-			"allowed.test":     loop,
-			"api.allowed.test": loop,
-			"other.test":       loop,
+			"allowed.test":     up,
+			"api.allowed.test": up,
+			"other.test":       up,
 			"metadata.test":    {netip.MustParseAddr("169.254.169.254")},
 			"mixed.test":       {netip.MustParseAddr("10.1.2.3"), netip.MustParseAddr("127.0.0.1")},
 		},
@@ -193,10 +232,10 @@ func TestProxyPlainHTTPAllowed(t *testing.T) {
 }
 
 func TestProxyConnectAllowed(t *testing.T) {
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "tls origin host=%s", r.Host)
 	}))
-	t.Cleanup(srv.Close)
+	serveOn(t, srv, true)
 	port := srv.Listener.Addr().(*net.TCPAddr).Port
 	p, _ := newProxy(t, true)
 	sock := open(t, p, "ws1", "*.allowed.test")
@@ -219,10 +258,7 @@ func TestProxyConnectAllowed(t *testing.T) {
 // including bytes sent right behind the CONNECT header, and passes a
 // half-close on so the client still reads the whole answer.
 func TestProxyConnectHalfClose(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := upstream(t).Listen(t)
 	defer ln.Close()
 	go func() {
 		c, err := ln.Accept()
@@ -369,6 +405,89 @@ func TestProxyRefusesOwnAddresses(t *testing.T) {
 	}
 }
 
+// TestProxyAllowPrivateKeepsThisMachineOff: the operator's AllowPrivate
+// opens private addresses of other machines, never loopback nor any
+// address of this machine, whatever an allowlist names or a name resolves
+// to (issue 7); the private host's address, just as private, is reached.
+func TestProxyAllowPrivateKeepsThisMachineOff(t *testing.T) {
+	up := upstream(t)
+	own, err := policy.HostAddresses()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hits int
+	var mu sync.Mutex
+	// One service, listening on every address of this machine.
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits++
+		mu.Unlock()
+	}))
+	srv.Listener.Close()
+	ln, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	port := ln.Addr().(*net.TCPAddr).Port
+	_, oport := origin(t)
+
+	p, d := newProxy(t, true)
+	p.Resolver = tableResolver{
+		"loop.test":    {netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")},
+		"gateway.test": {up.Gateway},
+		"private.test": {up.Addr},
+	}
+	allowed := []string{"loop.test", "gateway.test", "private.test"}
+	targets := []struct{ host, addr string }{
+		{"loop.test", ""},
+		{"gateway.test", up.Gateway.String()},
+		{"127.0.0.1", "127.0.0.1"},
+		{"::1", "::1"},
+	}
+	for _, a := range own {
+		if a.Is6() && a.IsLinkLocalUnicast() {
+			continue // a CONNECT target cannot carry the zone it needs
+		}
+		allowed = append(allowed, a.String())
+		targets = append(targets, struct{ host, addr string }{a.String(), a.String()})
+	}
+	sock, err := p.Open("ws1", allowed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range targets {
+		hp := net.JoinHostPort(tc.host, strconv.Itoa(port))
+		for _, req := range []string{connectReq(hp), getReq(hp)} {
+			_, before := d.all()
+			resp, body := rawRequest(t, sock, req)
+			if resp.StatusCode != http.StatusForbidden {
+				t.Errorf("%s with AllowPrivate: %d %q, want 403", hp, resp.StatusCode, body)
+				continue
+			}
+			_, after := d.all()
+			if len(after) != len(before)+1 {
+				t.Fatalf("%s: OnDeny called %d times, want once", hp, len(after)-len(before))
+			}
+			got := after[len(after)-1]
+			if got.Reason != policy.DenyAddress || tc.addr != "" && got.Addr.String() != tc.addr {
+				t.Errorf("%s: denial %+v, want reason %s addr %s", hp, got, policy.DenyAddress, tc.addr)
+			}
+		}
+	}
+	resp, body := rawRequest(t, sock, getReq("private.test:"+strconv.Itoa(oport)))
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(body, "origin host=private.test") {
+		t.Fatalf("private host through AllowPrivate: %d %q", resp.StatusCode, body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if hits != 0 {
+		t.Fatalf("this machine's service received %d requests through the proxy", hits)
+	}
+}
+
 func TestProxyBadRequests(t *testing.T) {
 	p, d := newProxy(t, true)
 	sock := open(t, p, "ws1", "allowed.test")
@@ -493,10 +612,7 @@ func TestProxyOpenClose(t *testing.T) {
 // TestProxyMaxConns: a workspace cannot hold more connections than allowed,
 // and Close ends a tunnel that is still open.
 func TestProxyMaxConns(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := upstream(t).Listen(t)
 	defer ln.Close()
 	go func() {
 		for {
@@ -542,11 +658,8 @@ func TestProxyMaxConns(t *testing.T) {
 }
 
 func BenchmarkProxyConnect(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
+	up := nettest.StartPrivateHost(b)
+	ln := up.Listen(b)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -560,7 +673,7 @@ func BenchmarkProxyConnect(b *testing.B) {
 	dir, _ := os.MkdirTemp("", "cp")
 	defer os.RemoveAll(dir)
 	p := &policy.Proxy{Dir: dir, AllowPrivate: true,
-		Resolver: tableResolver{"allowed.test": {netip.MustParseAddr("127.0.0.1")}}}
+		Resolver: tableResolver{"allowed.test": {up.Addr}}}
 	defer p.Shutdown(context.Background())
 	sock, err := p.Open("bench", []string{hp})
 	if err != nil {
@@ -638,10 +751,7 @@ func TestProxyHTTPDetails(t *testing.T) {
 // TestProxyBadNamesAndUpstreams: an invalid name is a bad request, not a
 // denial; an upstream with an endless header is cut off with 502.
 func TestProxyBadNamesAndUpstreams(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := upstream(t).Listen(t)
 	defer ln.Close()
 	go func() {
 		for {

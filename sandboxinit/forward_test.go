@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/corralhq/corral/internal/nettest"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/sandboxinit"
 )
@@ -225,9 +226,15 @@ func (r resolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, 
 // HTTP_PROXY → Forward on loopback → the workspace's unix socket → the
 // egress proxy → the origin, and a refusal for a host not allowed.
 func TestForwardThroughProxy(t *testing.T) {
-	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// The origin is another machine at a private address, which the
+	// operator's AllowPrivate opens (loopback it never does).
+	up := nettest.StartPrivateHost(t)
+	origin := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from %s", r.Host)
 	}))
+	origin.Listener.Close()
+	origin.Listener = up.Listen(t)
+	origin.Start()
 	defer origin.Close()
 	port := origin.Listener.Addr().(*net.TCPAddr).Port
 
@@ -235,8 +242,8 @@ func TestForwardThroughProxy(t *testing.T) {
 	var denied []policy.Denial
 	p := &policy.Proxy{
 		Dir:          shortTempDir(t),
-		Resolver:     resolver{"allowed.test": {netip.MustParseAddr("127.0.0.1")}, "other.test": {netip.MustParseAddr("127.0.0.1")}},
-		AllowPrivate: true, // the origin is on loopback
+		Resolver:     resolver{"allowed.test": {up.Addr}, "other.test": {up.Addr}},
+		AllowPrivate: true,
 		OnDeny: func(ws string, d policy.Denial) {
 			mu.Lock()
 			denied = append(denied, d)
@@ -322,13 +329,10 @@ func BenchmarkForwardThroughput(b *testing.B) {
 
 // BenchmarkTunnelThroughProxy measures bulk transfer over the whole path a
 // sandbox uses: forwarder → unix socket → egress proxy CONNECT tunnel → a
-// TCP sink on loopback.
+// TCP sink on a private host.
 func BenchmarkTunnelThroughProxy(b *testing.B) {
-	sink, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer sink.Close()
+	up := nettest.StartPrivateHost(b)
+	sink := up.Listen(b)
 	go func() {
 		for {
 			c, err := sink.Accept()
@@ -341,7 +345,7 @@ func BenchmarkTunnelThroughProxy(b *testing.B) {
 	hp := fmt.Sprintf("allowed.test:%d", sink.Addr().(*net.TCPAddr).Port)
 	dir, _ := os.MkdirTemp("", "fw")
 	defer os.RemoveAll(dir)
-	p := &policy.Proxy{Dir: dir, AllowPrivate: true, Resolver: resolver{"allowed.test": {netip.MustParseAddr("127.0.0.1")}}}
+	p := &policy.Proxy{Dir: dir, AllowPrivate: true, Resolver: resolver{"allowed.test": {up.Addr}}}
 	defer p.Shutdown(context.Background())
 	sock, err := p.Open("bench", []string{hp})
 	if err != nil {

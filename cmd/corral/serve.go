@@ -58,7 +58,7 @@ func serve(args []string) error {
 	fs.StringVar(&c.defaultLimits, "default-limits", env("CORRAL_DEFAULT_LIMITS", ""), `JSON limits for requests that set none, e.g. '{"memory":"512MiB","pids":256}' (env CORRAL_DEFAULT_LIMITS)`)
 	fs.StringVar(&c.maxLimits, "max-limits", env("CORRAL_MAX_LIMITS", ""), `JSON maximum limits, e.g. '{"memory":"4GiB","cpus":2}' (env CORRAL_MAX_LIMITS)`)
 	fs.StringVar(&c.defaultNetwork, "default-network", env("CORRAL_DEFAULT_NETWORK", "open"), "network mode of requests that set none: none, allowlist or open (env CORRAL_DEFAULT_NETWORK)")
-	fs.BoolVar(&c.allowPrivate, "allow-private-egress", env("CORRAL_ALLOW_PRIVATE_EGRESS", "") == "true", "let allowlists name loopback, link-local and private addresses (env CORRAL_ALLOW_PRIVATE_EGRESS=true)")
+	fs.BoolVar(&c.allowPrivate, "allow-private-egress", env("CORRAL_ALLOW_PRIVATE_EGRESS", "") == "true", "let allowlists and open sandboxes reach link-local and private addresses of other machines, never loopback or this host's own (env CORRAL_ALLOW_PRIVATE_EGRESS=true)")
 	fs.BoolVar(&c.unsafeSharedNetwork, "unsafe-shared-network", env("CORRAL_UNSAFE_SHARED_NETWORK", "") == "true", "UNSAFE: put open-mode workspaces on a shared network where they can reach each other and the host (env CORRAL_UNSAFE_SHARED_NETWORK=true)")
 	fs.StringVar(&c.subnet, "subnet", env("CORRAL_SUBNET", runtime.DefaultSubnet.String()), "IPv4 range for open-mode sandbox addresses; servers sharing a host need disjoint ranges (env CORRAL_SUBNET)")
 	fs.StringVar(&c.engineTimeout, "engine-timeout", env("CORRAL_ENGINE_TIMEOUT", runtime.DefaultEngineTimeout.String()), "deadline of every call to the container engine (env CORRAL_ENGINE_TIMEOUT)")

@@ -363,14 +363,14 @@ func (r tableResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.A
 }
 
 func TestNetworkAllowlist(t *testing.T) {
-	// An upstream on the loopback, reachable only through the proxy.
+	// An upstream on another machine at a private address, reachable only
+	// through the proxy: the operator's AllowPrivate opens it (loopback and
+	// this machine it never does).
+	host := nettest.StartPrivateHost(t)
 	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from upstream %s", r.Host)
 	})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := host.Listen(t)
 	go up.Serve(ln)
 	defer up.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
@@ -387,8 +387,8 @@ func TestNetworkAllowlist(t *testing.T) {
 	var denied atomic.Int32
 	proxy := &policy.Proxy{
 		Dir:          dir,
-		AllowPrivate: true, // the upstream is on the loopback
-		Resolver:     tableResolver{"allowed.test": {netip.MustParseAddr("127.0.0.1")}, "denied.test": {netip.MustParseAddr("127.0.0.1")}},
+		AllowPrivate: true,
+		Resolver:     tableResolver{"allowed.test": {host.Addr}, "denied.test": {host.Addr}},
 		OnDeny:       func(string, policy.Denial) { denied.Add(1) },
 	}
 	defer proxy.Shutdown(context.Background())
@@ -438,7 +438,7 @@ func TestNetworkAllowlist(t *testing.T) {
 				t.Errorf("denied host: %+v %q, denials %d", res, out, denied.Load()-before)
 			}
 			// Around the proxy there is no route.
-			res, out = sh(t, d, id, fmt.Sprintf("echo x | nc 127.0.0.1 %d", port))
+			res, out = sh(t, d, id, fmt.Sprintf("echo x | nc %s %d", host.Addr, port))
 			if res.ExitCode == 0 || strings.Contains(out, "hello") {
 				t.Errorf("direct connection to the upstream: %+v %q", res, out)
 			}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/corralhq/corral/errdefs"
+	"github.com/corralhq/corral/internal/nettest"
 	"github.com/corralhq/corral/internal/testbin"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
@@ -320,10 +321,11 @@ func TestNetworkAllowlistWithEgressProxy(t *testing.T) {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from %s\n", r.Host)
 	})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The upstream is another machine at a private address, which the
+	// operator's AllowPrivate opens (loopback and this machine it never
+	// does).
+	up := nettest.StartPrivateHost(t)
+	ln := up.Listen(t)
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	port := ln.Addr().(*net.TCPAddr).Port
@@ -336,8 +338,8 @@ func TestNetworkAllowlistWithEgressProxy(t *testing.T) {
 	denials := make(chan policy.Denial, 10)
 	proxy := &policy.Proxy{
 		Dir:          dir,
-		AllowPrivate: true, // the test's upstream is on loopback
-		Resolver:     fixedResolver{"allowed.test": netip.MustParseAddr("127.0.0.1"), "denied.test": netip.MustParseAddr("127.0.0.1")},
+		AllowPrivate: true,
+		Resolver:     fixedResolver{"allowed.test": up.Addr, "denied.test": up.Addr},
 		OnDeny:       func(_ string, d policy.Denial) { denials <- d },
 	}
 	t.Cleanup(func() { proxy.Shutdown(context.Background()) })
@@ -369,8 +371,8 @@ func TestNetworkAllowlistWithEgressProxy(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Errorf("no denial recorded")
 	}
-	if r := sh(t, rt, id, fmt.Sprintf("busybox nc 127.0.0.1 %d </dev/null", port)); r.ExitCode == 0 {
-		t.Errorf("direct connection to the host succeeded: %q", r.stdout)
+	if r := sh(t, rt, id, fmt.Sprintf("busybox nc %s %d </dev/null", up.Addr, port)); r.ExitCode == 0 {
+		t.Errorf("direct connection to the upstream succeeded: %q", r.stdout)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/corralhq/corral/internal/nettest"
 	"github.com/corralhq/corral/policy"
 	"github.com/corralhq/corral/runtime"
 )
@@ -31,9 +32,13 @@ import (
 //
 // The target is an HTTP server on one of this machine's own addresses that
 // the driver's open network can reach (the address of the default route's
-// interface, not loopback, which a container's bridge cannot reach). A
-// policy.Proxy served by the test, with a resolver that maps allowed.test
-// and other.test to that address, plays the server's egress proxy.
+// interface, not loopback, which a container's bridge cannot reach): what
+// a sandbox must not reach directly. The same server also listens on a
+// private host (internal/nettest.StartPrivateHost): another machine at a
+// private address, which the operator's AllowPrivate lets an allowlist
+// reach (this machine's own addresses it never does). A policy.Proxy served
+// by the test, with a resolver that maps allowed.test and other.test to
+// the private host, plays the server's egress proxy.
 //
 // Commands run with busybox (wget without -T, nc), present in the test image
 // and on the host. A mode the driver's Capabilities do not offer is skipped,
@@ -41,8 +46,8 @@ import (
 func RunNetwork(t *testing.T, rt runtime.Runtime, image string) {
 	n := &netSuite{rt: rt, image: image}
 	n.target = startTarget(t)
-	n.proxy, n.denials = startProxy(t, n.target.addr.Addr())
-	t.Logf("target %s (%s)", n.target.addr, n.target.iface)
+	n.proxy, n.denials = startProxy(t, n.target.up.Addr())
+	t.Logf("target %s (%s), upstream %s", n.target.addr, n.target.iface, n.target.up)
 
 	t.Run("None", n.testNone)
 	t.Run("Allowlist", n.testAllowlist)
@@ -60,7 +65,8 @@ type netSuite struct {
 // target is an HTTP server that answers every request with a marker and
 // counts what reached it.
 type target struct {
-	addr   netip.AddrPort
+	addr   netip.AddrPort // on this machine
+	up     netip.AddrPort // on a private host, for the proxy
 	iface  string
 	marker string
 	mu     sync.Mutex
@@ -100,6 +106,9 @@ func startTarget(t *testing.T) *target {
 		ReadHeaderTimeout: wait,
 	}
 	go srv.Serve(ln)
+	upLn := nettest.StartPrivateHost(t).Listen(t)
+	tg.up = netip.MustParseAddrPort(upLn.Addr().String())
+	go srv.Serve(upLn)
 	t.Cleanup(func() { srv.Close() })
 	return tg
 }
@@ -186,8 +195,8 @@ func startProxy(t *testing.T, addr netip.Addr) (*policy.Proxy, *denialLog) {
 	p := &policy.Proxy{
 		Dir:      dir,
 		Resolver: fixedResolver{"allowed.test": addr, "other.test": addr},
-		// The target is on this machine (maybe a private address): the
-		// operator's AllowPrivate is what lets an allowlist reach it.
+		// The upstream is on a private address: the operator's
+		// AllowPrivate is what lets an allowlist reach it.
 		AllowPrivate: true,
 		OnDeny:       d.add,
 	}
@@ -318,7 +327,7 @@ func (n *netSuite) testNone(t *testing.T) {
 }
 
 func (n *netSuite) testAllowlist(t *testing.T) {
-	port := strconv.Itoa(int(n.target.addr.Port()))
+	port := strconv.Itoa(int(n.target.up.Port()))
 	allowed := "allowed.test:" + port
 	id := n.workspace(t, policy.NetworkAllowlist, allowed)
 
@@ -341,7 +350,8 @@ func (n *netSuite) testAllowlist(t *testing.T) {
 		t.Errorf("CONNECT %s through %s: exit %d\nstdout: %s\nstderr: %s", allowed, runtime.ProxyListenAddr, r.ExitCode, r.Stdout, r.Stderr)
 	}
 
-	// Another host on the same address and port is refused, and reported.
+	// Another name for the same address and port is refused, and reported;
+	// so is this machine's address, not listed.
 	before = len(n.target.seen())
 	for _, host := range []string{"other.test:" + port, n.target.addr.String()} {
 		r = n.wget(t, id, "http://"+host+"/", true)
@@ -354,7 +364,7 @@ func (n *netSuite) testAllowlist(t *testing.T) {
 	}
 	ds := n.denials.of(id)
 	if len(ds) != 2 || ds[0].Host != "other.test" || ds[1].Host != n.target.addr.Addr().String() ||
-		ds[0].Reason != policy.DenyNotAllowed || ds[0].Port != int(n.target.addr.Port()) {
+		ds[0].Reason != policy.DenyNotAllowed || ds[0].Port != int(n.target.up.Port()) {
 		t.Errorf("proxy reported %+v, want other.test and %s refused as %s", ds, n.target.addr.Addr(), policy.DenyNotAllowed)
 	}
 
@@ -362,6 +372,8 @@ func (n *netSuite) testAllowlist(t *testing.T) {
 	url := "http://" + n.target.addr.String() + "/"
 	n.mustNotReach(t, "wget -Y off "+url, n.wget(t, id, url, false), before)
 	n.mustNotReach(t, "nc "+n.target.addr.String(), n.nc(t, id), before)
+	upURL := "http://" + n.target.up.String() + "/"
+	n.mustNotReach(t, "wget -Y off "+upURL, n.wget(t, id, upURL, false), before)
 }
 
 // testOpen reaches the test host, on a public-looking address: an open
