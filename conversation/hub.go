@@ -71,13 +71,6 @@ func (s *Service) acquire(ctx context.Context, id string) (*live, error) {
 	return l, nil
 }
 
-// addRef takes another reference on an acquired live.
-func (s *Service) addRef(l *live) {
-	s.mu.Lock()
-	l.refs++
-	s.mu.Unlock()
-}
-
 func (s *Service) release(l *live) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -23,7 +23,7 @@ func Docker(t testing.TB) map[string]string {
 	if host == "" {
 		host = DockerDefaultHost
 	}
-	cli, err := client.New(client.WithHost(host), client.WithAPIVersionNegotiation())
+	cli, err := client.New(client.WithHost(host))
 	if err != nil {
 		Unavailable(t, "docker", "sudo .ci/setup-docker.sh", err)
 		return nil

@@ -49,7 +49,7 @@ func leftovers() error {
 	if host == "" {
 		host = enginetest.DockerDefaultHost
 	}
-	cli, err := client.New(client.WithHost(host), client.WithAPIVersionNegotiation())
+	cli, err := client.New(client.WithHost(host))
 	if err != nil {
 		return nil
 	}
@@ -109,7 +109,7 @@ func open(t testing.TB) *docker.Driver {
 
 func engine(t testing.TB) *client.Client {
 	t.Helper()
-	cli, err := client.New(client.WithHost(enginetest.Docker(t)["host"]), client.WithAPIVersionNegotiation())
+	cli, err := client.New(client.WithHost(enginetest.Docker(t)["host"]))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -123,7 +123,7 @@ func Open(ctx context.Context, cfg runtime.Config) (*Driver, error) {
 	if err != nil {
 		return nil, errdefs.Invalid("invalid_config", "docker: host %q: %v", host, err)
 	}
-	cli, err := client.New(client.WithHost(host), client.WithHTTPClient(hc), client.WithAPIVersionNegotiation())
+	cli, err := client.New(client.WithHost(host), client.WithHTTPClient(hc))
 	if err != nil {
 		return nil, errdefs.Invalid("invalid_config", "docker: client for %q: %v", host, err)
 	}

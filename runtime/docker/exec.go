@@ -167,7 +167,6 @@ type process struct {
 	outDone   chan struct{} // output fully copied (the engine closed the stream)
 	outErr    error         // a stream error, or the engine's failure to start the command
 	done      chan struct{} // Wait's result is ready
-	waitOnce  sync.Once
 	res       runtime.ExitResult
 	err       error
 	timedOut  atomic.Bool

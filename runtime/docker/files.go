@@ -482,7 +482,7 @@ func (d *Driver) checkTar(ctx context.Context, c *pathChecker, dir string, r io.
 				return runtime.EscapeError(h.Name)
 			}
 			h.Linkname = root + "/" + ln
-		case tar.TypeReg, tar.TypeRegA, tar.TypeDir:
+		case tar.TypeReg, tar.TypeDir:
 		case tar.TypeFifo, tar.TypeChar, tar.TypeBlock:
 			return runtime.SpecialFileError(h.Name)
 		default:

@@ -390,7 +390,7 @@ func (d *Driver) rewriteTar(res *resolver, base string, in io.Reader, out io.Wri
 			}
 		case tar.TypeDir:
 			res.cache[full] = stat{exists: true, isDir: true}
-		case tar.TypeReg, tar.TypeRegA:
+		case tar.TypeReg:
 			res.cache[full] = stat{exists: true}
 			size += h.Size
 		case tar.TypeXGlobalHeader:
