@@ -1,12 +1,10 @@
 package nettest
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	goruntime "runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -64,7 +62,7 @@ func StartPrivateHost(t testing.TB) *PrivateHost {
 	if l, err := netlink.LinkByName(iface); err == nil {
 		_ = netlink.LinkDel(l)
 	}
-	ns, err := newNetns()
+	ns, err := NewNetns()
 	if err != nil {
 		t.Fatalf("private host namespace: %v", err)
 	}
@@ -129,59 +127,10 @@ func (h *PrivateHost) configure(iface string) error {
 // private host, closed when t ends.
 func (h *PrivateHost) Listen(t testing.TB) net.Listener {
 	t.Helper()
-	type res struct {
-		ln  net.Listener
-		err error
+	ln, err := ListenIn(h.ns, netip.AddrPortFrom(h.Addr, 0))
+	if err != nil {
+		t.Fatalf("private host: %v", err)
 	}
-	c := make(chan res, 1)
-	go func() {
-		goruntime.LockOSThread()
-		// Never unlocked: the thread, moved to the namespace, ends with
-		// this goroutine.
-		if err := netns.Set(h.ns); err != nil {
-			c <- res{err: err}
-			return
-		}
-		ln, err := net.Listen("tcp", netip.AddrPortFrom(h.Addr, 0).String())
-		c <- res{ln, err}
-	}()
-	r := <-c
-	if r.err != nil {
-		t.Fatalf("listen on private host %s: %v", h.Addr, r.err)
-	}
-	t.Cleanup(func() { r.ln.Close() })
-	return r.ln
-}
-
-// newNetns makes a network namespace and returns a handle to it, leaving
-// the calling goroutine's thread where it was.
-func newNetns() (netns.NsHandle, error) {
-	type res struct {
-		ns  netns.NsHandle
-		err error
-	}
-	c := make(chan res, 1)
-	go func() {
-		goruntime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			c <- res{err: err}
-			return // the thread dies with the locked goroutine
-		}
-		defer orig.Close()
-		ns, err := netns.New()
-		if err != nil {
-			c <- res{err: err}
-			return
-		}
-		if err := netns.Set(orig); err != nil {
-			ns.Close()
-			c <- res{err: errors.Join(err, errors.New("thread left in the new namespace"))}
-			return // still in ns: let the thread die
-		}
-		goruntime.UnlockOSThread()
-		c <- res{ns: ns}
-	}()
-	r := <-c
-	return r.ns, r.err
+	t.Cleanup(func() { ln.Close() })
+	return ln
 }

@@ -117,35 +117,6 @@ func (f *freezer) kill() {
 	f.conns = map[net.Conn]bool{}
 }
 
-func assertUnavailable(t *testing.T, what string, err error, sock string) {
-	t.Helper()
-	if !errors.Is(err, errdefs.ErrUnavailable) || errdefs.Code(err) != "engine_unavailable" {
-		t.Fatalf("%s with the engine down: got %v (code %q), want engine_unavailable", what, err, errdefs.Code(err))
-	}
-	var e *errdefs.Error
-	if !errors.As(err, &e) || strings.Contains(e.Message, sock) || strings.Contains(e.Message, "unix:") {
-		t.Fatalf("%s: public message %q shows the engine's address", what, e.Message)
-	}
-}
-
-// worksAgain runs `cat f` until it stops failing with ErrUnavailable (at
-// most 30 tries) and checks its output.
-func worksAgain(t *testing.T, what string, run func(string) (runtime.ExitResult, string, error)) {
-	t.Helper()
-	for i := 0; ; i++ {
-		res, out, err := run("cat f")
-		if errors.Is(err, errdefs.ErrUnavailable) && i < 30 {
-			t.Logf("%s: %v; retrying", what, err)
-			time.Sleep(time.Second)
-			continue
-		}
-		if err != nil || res.ExitCode != 0 || out != "hi\n" {
-			t.Fatalf("%s: %v %+v %q", what, err, res, out)
-		}
-		return
-	}
-}
-
 // TestEngineOutage freezes and then kills the way to dockerd under a
 // driver: every call fails with engine_unavailable instead of hanging, a
 // command whose session is cut off is killed once the engine is back, and
@@ -233,7 +204,7 @@ func TestEngineOutage(t *testing.T) {
 		go func() { ch <- call() }()
 	}
 	for name, ch := range errs {
-		assertUnavailable(t, name, <-ch, fz.sock)
+		enginetest.AssertUnavailable(t, name, <-ch, fz.sock)
 	}
 	cancelSession()
 
@@ -241,7 +212,7 @@ func TestEngineOutage(t *testing.T) {
 	if _, err := long.Wait(); err != nil {
 		t.Logf("cut-off session: %v", err)
 	}
-	worksAgain(t, "exec after the engine came back", run)
+	enginetest.WorksAgain(t, "exec after the engine came back", run)
 	// The create that timed out may have been carried out once the
 	// engine woke: Remove undoes it (as the workspace manager does).
 	if err := d.Remove(ctx, id2); err != nil {
@@ -263,12 +234,12 @@ func TestEngineOutage(t *testing.T) {
 
 	fz.kill()
 	_, _, err = run("true")
-	assertUnavailable(t, "exec with the engine gone", err, fz.sock)
+	enginetest.AssertUnavailable(t, "exec with the engine gone", err, fz.sock)
 	_, err = d.List(ctx)
-	assertUnavailable(t, "list with the engine gone", err, fz.sock)
+	enginetest.AssertUnavailable(t, "list with the engine gone", err, fz.sock)
 
 	fz.start()
-	worksAgain(t, "exec after the engine came back", run)
+	enginetest.WorksAgain(t, "exec after the engine came back", run)
 	if err := d.Remove(ctx, id); err != nil {
 		t.Fatal(err)
 	}

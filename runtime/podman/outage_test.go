@@ -127,37 +127,6 @@ func (s *service) signal(sig syscall.Signal) {
 	}
 }
 
-// assertUnavailable fails t unless err says the engine is unavailable, with
-// the stable code, and a public message that names no socket.
-func assertUnavailable(t *testing.T, what string, err error, sock string) {
-	t.Helper()
-	if !errors.Is(err, errdefs.ErrUnavailable) || errdefs.Code(err) != "engine_unavailable" {
-		t.Fatalf("%s with the engine down: got %v (code %q), want engine_unavailable", what, err, errdefs.Code(err))
-	}
-	var e *errdefs.Error
-	if !errors.As(err, &e) || strings.Contains(e.Message, sock) || strings.Contains(e.Message, "unix:") {
-		t.Fatalf("%s: public message %q shows the engine's address", what, e.Message)
-	}
-}
-
-// worksAgain runs `cat f` until it stops failing with ErrUnavailable (at
-// most 30 tries) and checks its output.
-func worksAgain(t *testing.T, what string, run func(string) (runtime.ExitResult, string, error)) {
-	t.Helper()
-	for i := 0; ; i++ {
-		res, out, err := run("cat f")
-		if errors.Is(err, errdefs.ErrUnavailable) && i < 30 {
-			t.Logf("%s: %v; retrying", what, err)
-			time.Sleep(time.Second)
-			continue
-		}
-		if err != nil || res.ExitCode != 0 || out != "hi\n" {
-			t.Fatalf("%s: %v %+v %q", what, err, res, out)
-		}
-		return
-	}
-}
-
 // TestEngineOutage freezes (SIGSTOP) and then kills the Podman service
 // under a driver: every call fails with engine_unavailable instead of
 // hanging, a command whose session is cut off is killed once the engine is
@@ -238,7 +207,7 @@ func TestEngineOutage(t *testing.T) {
 		go func() { ch <- call() }()
 	}
 	for name, ch := range errs {
-		assertUnavailable(t, name, <-ch, svc.sock)
+		enginetest.AssertUnavailable(t, name, <-ch, svc.sock)
 	}
 	cancelSession()
 
@@ -248,7 +217,7 @@ func TestEngineOutage(t *testing.T) {
 	}
 	// The service works off what queued while it was frozen first: calls
 	// may still time out for a while, then work.
-	worksAgain(t, "exec after the engine came back", run)
+	enginetest.WorksAgain(t, "exec after the engine came back", run)
 	// The create that timed out may have been carried out once the
 	// service woke: Remove undoes it (as the workspace manager does).
 	if err := d.Remove(ctx, id2); err != nil {
@@ -271,12 +240,12 @@ func TestEngineOutage(t *testing.T) {
 
 	svc.stop()
 	_, _, err = run("true")
-	assertUnavailable(t, "exec with the service killed", err, svc.sock)
+	enginetest.AssertUnavailable(t, "exec with the service killed", err, svc.sock)
 	_, err = d.List(ctx)
-	assertUnavailable(t, "list with the service killed", err, svc.sock)
+	enginetest.AssertUnavailable(t, "list with the service killed", err, svc.sock)
 
 	svc.start()
-	worksAgain(t, "exec after the service restarted", run)
+	enginetest.WorksAgain(t, "exec after the service restarted", run)
 	list, err := d.List(ctx)
 	if err != nil || len(list) != 1 || list[0].ID != id {
 		t.Fatalf("list after the restart: %v %v", list, err)

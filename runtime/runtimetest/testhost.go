@@ -7,10 +7,10 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	goruntime "runtime"
 	"sync/atomic"
 	"testing"
 
+	"github.com/corralhq/corral/internal/nettest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -73,7 +73,7 @@ func startTestHost(t *testing.T) *testHost {
 	if l, err := netlink.LinkByName(testHostIface); err == nil {
 		_ = netlink.LinkDel(l)
 	}
-	ns, err := newNetns()
+	ns, err := nettest.NewNetns()
 	if err != nil {
 		t.Fatalf("test host namespace: %v", err)
 	}
@@ -98,7 +98,7 @@ func startTestHost(t *testing.T) *testHost {
 	}
 
 	h := &testHost{marker: "corral-test-host-" + randHex(6)}
-	lnHTTP, err := listenIn(ns, netip.AddrPortFrom(testHostAddr, 80))
+	lnHTTP, err := nettest.ListenIn(ns, netip.AddrPortFrom(testHostAddr, 80))
 	if err != nil {
 		t.Fatalf("test host: %v", err)
 	}
@@ -112,7 +112,7 @@ func startTestHost(t *testing.T) *testHost {
 	go srv.Serve(lnHTTP)
 	t.Cleanup(func() { srv.Close() })
 	for _, a := range append([]netip.Addr{testHostAddr}, testHostDenied...) {
-		lnLine, err := listenIn(ns, netip.AddrPortFrom(a, testHostLinePort))
+		lnLine, err := nettest.ListenIn(ns, netip.AddrPortFrom(a, testHostLinePort))
 		if err != nil {
 			t.Fatalf("test host: %v", err)
 		}
@@ -164,64 +164,6 @@ func configureTestHost(ns netns.NsHandle) error {
 		}
 	}
 	return h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: testHostGateway.AsSlice()})
-}
-
-// newNetns makes a network namespace and returns a handle to it, leaving
-// the calling goroutine's thread where it was.
-func newNetns() (netns.NsHandle, error) {
-	type res struct {
-		ns  netns.NsHandle
-		err error
-	}
-	c := make(chan res, 1)
-	go func() {
-		goruntime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			c <- res{err: err}
-			return // the thread dies with the locked goroutine
-		}
-		defer orig.Close()
-		ns, err := netns.New()
-		if err != nil {
-			c <- res{err: err}
-			return
-		}
-		if err := netns.Set(orig); err != nil {
-			ns.Close()
-			c <- res{err: err}
-			return // still in ns: let the thread die
-		}
-		goruntime.UnlockOSThread()
-		c <- res{ns: ns}
-	}()
-	r := <-c
-	return r.ns, r.err
-}
-
-// listenIn opens a TCP listener inside ns (a socket belongs to the
-// namespace it was made in, wherever it is used after).
-func listenIn(ns netns.NsHandle, addr netip.AddrPort) (net.Listener, error) {
-	type res struct {
-		ln  net.Listener
-		err error
-	}
-	c := make(chan res, 1)
-	go func() {
-		goruntime.LockOSThread()
-		// Never unlocked: the thread, moved to ns, ends with this goroutine.
-		if err := netns.Set(ns); err != nil {
-			c <- res{err: err}
-			return
-		}
-		ln, err := net.Listen("tcp", addr.String())
-		c <- res{ln, err}
-	}()
-	r := <-c
-	if r.err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", addr, r.err)
-	}
-	return r.ln, nil
 }
 
 // serveLine answers every connection with one line, counting them.
