@@ -35,9 +35,6 @@ func chatCommand(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := checkOutput(*out); err != nil {
-		return err
-	}
 	if len(pos) != 1 || *wsID != "" && *cvID != "" {
 		fs.Usage()
 		return errUsage
@@ -83,9 +80,6 @@ func conversationCommand(args []string) error {
 		if err != nil {
 			return err
 		}
-		if err := checkOutput(*out); err != nil {
-			return err
-		}
 		if len(pos) != 1 {
 			fmt.Fprintln(os.Stderr, conversationUsage)
 			return errUsage
@@ -105,9 +99,6 @@ func conversationCommand(args []string) error {
 		fs := flag.NewFlagSet("conversation ls", flag.ContinueOnError)
 		out := outputFlag(fs)
 		if _, err := parseInterspersed(fs, args[1:]); err != nil {
-			return err
-		}
-		if err := checkOutput(*out); err != nil {
 			return err
 		}
 		c, err := newClient()

@@ -197,15 +197,18 @@ func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
+// outputFlag adds -o to fs: "json" for scripts, or unset for people. Any
+// other value fails fs.Parse.
 func outputFlag(fs *flag.FlagSet) *string {
-	return fs.String("o", "", `output format: "json" for scripts`)
-}
-
-func checkOutput(o string) error {
-	if o != "" && o != "json" {
-		return fmt.Errorf(`-o %q: only "json" is supported`, o)
-	}
-	return nil
+	out := new(string)
+	fs.Func("o", `output format: "json" for scripts`, func(v string) error {
+		if v != "json" {
+			return fmt.Errorf(`only "json" is supported`)
+		}
+		*out = v
+		return nil
+	})
+	return out
 }
 
 func printJSON(w io.Writer, v any) error {

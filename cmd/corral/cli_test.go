@@ -111,6 +111,9 @@ func TestCLIWorkspacesExecAndCopy(t *testing.T) {
 	if out := c.ok(nil, "ws", "get", id); !strings.Contains(out, "running") {
 		t.Fatalf("ws get: %s", out)
 	}
+	if _, stderr, code := c.run(nil, "ws", "ls", "-o", "yaml"); code == 0 || !strings.Contains(stderr, `only "json" is supported`) {
+		t.Fatalf("ws ls -o yaml: exit %d, stderr %q; want a usage error", code, stderr)
+	}
 	var list []types.Workspace
 	if err := json.Unmarshal([]byte(c.ok(nil, "ws", "ls", "-o", "json")), &list); err != nil || len(list) != 1 {
 		t.Fatalf("ws ls -o json: %+v, %v", list, err)

@@ -65,9 +65,6 @@ func wsCreate(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := checkOutput(*out); err != nil {
-		return err
-	}
 	if len(pos) != 0 {
 		return fmt.Errorf("ws create takes no arguments (got %q)", pos)
 	}
@@ -161,9 +158,6 @@ func wsList(args []string) error {
 	if _, err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
-	if err := checkOutput(*out); err != nil {
-		return err
-	}
 	c, err := newClient()
 	if err != nil {
 		return err
@@ -193,9 +187,6 @@ func wsGet(args []string) error {
 	out := outputFlag(fs)
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
-		return err
-	}
-	if err := checkOutput(*out); err != nil {
 		return err
 	}
 	if len(pos) != 1 {
