@@ -537,23 +537,26 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 			return fmt.Errorf("start workspace %s: %w", id, err)
 		}
 	}
-	if err := d.waitForwarder(ctx, id); err != nil {
-		return fmt.Errorf("start workspace %s: %w", id, err)
+	if data.Config != nil && slices.Contains(data.Config.Entrypoint, "--proxy") {
+		if err := d.waitForwarder(ctx, id); err != nil {
+			return fmt.Errorf("start workspace %s: %w", id, err)
+		}
 	}
 	d.log.Info("workspace started", "workspace_id", id)
 	return nil
 }
 
-// waitForwarder returns once an allowlist workspace's egress forwarder
-// (`corral init --proxy`) listens, so that its first command finds it, as
-// the docker driver does. A container whose PID 1 the host cannot see (a
-// remote engine) is not waited for.
+// waitForwarder returns once a started allowlist workspace's egress
+// forwarder (`corral init --proxy`) listens, so that its first command
+// finds it, as the docker driver does. It inspects the container for its
+// new PID 1; one whose PID 1 the host cannot see (a remote engine) is not
+// waited for.
 func (d *Driver) waitForwarder(ctx context.Context, id string) error {
 	data, err := d.inspect(ctx, id)
 	if err != nil {
 		return err
 	}
-	if data.Config == nil || !slices.Contains(data.Config.Entrypoint, "--proxy") || data.State == nil || data.State.Pid <= 0 {
+	if data.State == nil || data.State.Pid <= 0 {
 		return nil
 	}
 	// Rootless containers on cgroup v1 have no cgroup of their own to
