@@ -107,12 +107,9 @@ func conversationCommand(args []string) error {
 		}
 		ctx, cancel := signalContext()
 		defer cancel()
-		list := []types.Conversation{}
-		for cv, err := range c.Conversations(ctx) {
-			if err != nil {
-				return err
-			}
-			list = append(list, cv)
+		list, err := collect(c.Conversations(ctx))
+		if err != nil {
+			return err
 		}
 		if *out == "json" {
 			return printJSON(os.Stdout, list)

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"iter"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -195,6 +196,19 @@ func splitDashDash(args []string) (before, after []string, found bool) {
 // signalContext is cancelled by SIGINT or SIGTERM.
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// collect reads every item of a paged listing, stopping at the first
+// error. An empty listing is an empty slice (JSON [], not null).
+func collect[T any](seq iter.Seq2[T, error]) ([]T, error) {
+	list := []T{}
+	for v, err := range seq {
+		if err != nil {
+			return nil, err
+		}
+		list = append(list, v)
+	}
+	return list, nil
 }
 
 // outputFlag adds -o to fs: "json" for scripts, or unset for people. Any

@@ -164,12 +164,9 @@ func wsList(args []string) error {
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
-	list := []types.Workspace{}
-	for ws, err := range c.Workspaces(ctx) {
-		if err != nil {
-			return err
-		}
-		list = append(list, ws)
+	list, err := collect(c.Workspaces(ctx))
+	if err != nil {
+		return err
 	}
 	if *out == "json" {
 		return printJSON(os.Stdout, list)
